@@ -1,0 +1,1 @@
+"""Building blocks shared by the archs: norms, MLPs, RoPE, attention and SSM mixers."""
