@@ -1,0 +1,237 @@
+"""SSM kernels: the op contract (notes/KERNELS.md), implementation discovery and dispatch.
+
+Five functional ops (no input is mutated; SSM states are float32):
+    selective_scan          Mamba1 prefill           u[Bt,D,L] -> (y[Bt,D,L], state[Bt,D,N])
+    selective_state_update  Mamba1/2 decode step     x[Bt,H,P] -> (y[Bt,H,P], state[Bt,H,P,N])
+    ssd_chunk_scan          Mamba2 prefill (SSD)     x[Bt,L,H,P] -> (y[Bt,L,H,P], state[Bt,H,P,N])
+    causal_conv1d           depthwise causal conv    x[Bt,D,L] -> (y[Bt,D,L], state[Bt,D,W-1])
+    causal_conv1d_update    one step of it           x[Bt,D] -> (y[Bt,D], state[Bt,D,W-1])
+
+Implementations live in modules named `edgeports/kernels/impl_<name>.py`; each declares `IMPL = "<name>"`,
+`available() -> (bool, reason)` and defines the five functions with the signatures below minus `impl=`.
+Nothing keeps a central list: `available_impls()` discovers them by that naming convention.
+
+Dispatch: `impl="<name>"` calls that implementation directly. `impl=None` uses the current default, set with
+`use(name)`; the default default ("auto") is the custom op `torch.ops.edgeports.<op>`, one opaque node for
+torch.compile / torch.export / AOTInductor, whose runtime picks triton for CUDA tensors when impl_triton is
+available, else torch. `with use("torch"):` makes tracing see the decomposition instead (the ONNX standard-op
+lowering). The default is a plain module global (read at trace time by dynamo), not thread-local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import pkgutil
+from types import ModuleType
+
+import torch
+
+from edgeports.errors import EdgeportsError
+
+__all__ = ["OPS", "available_impls", "causal_conv1d", "causal_conv1d_update", "default_impl", "get_impl",
+           "selective_scan", "selective_state_update", "ssd_chunk_scan", "use"]
+
+OPS = ("selective_scan", "selective_state_update", "ssd_chunk_scan", "causal_conv1d", "causal_conv1d_update")
+AUTO = "auto"
+_PREFIX = "impl_"
+
+_default = AUTO
+_modules: dict[str, ModuleType] = {}
+
+
+# ---- discovery -------------------------------------------------------------------------------------
+def _impl_names() -> list[str]:
+    return sorted(m.name[len(_PREFIX):] for m in pkgutil.iter_modules(__path__) if m.name.startswith(_PREFIX))
+
+
+def _import(name: str) -> ModuleType:
+    if name not in _modules:
+        if name not in _impl_names():
+            raise EdgeportsError(f"unknown kernel implementation {name!r} (known: {', '.join([AUTO, *_impl_names()])})")
+        _modules[name] = importlib.import_module(f"{__name__}.{_PREFIX}{name}")
+    return _modules[name]
+
+
+def _availability(name: str) -> tuple[bool, str]:
+    try:
+        return _import(name).available()
+    except ImportError as e:  # an impl module whose own imports fail is unavailable, not a crash
+        return False, f"import failed: {e}"
+
+
+def available_impls() -> dict[str, tuple[bool, str]]:
+    """Every implementation found by the impl_<name>.py convention -> (available, reason)."""
+    return {name: _availability(name) for name in _impl_names()}
+
+
+def get_impl(name: str) -> ModuleType:
+    """The implementation module `name`, or EdgeportsError if it is unknown or unavailable here."""
+    ok, reason = _availability(name)
+    if not ok:
+        raise EdgeportsError(f"kernel implementation {name!r} is not available here: {reason}")
+    return _import(name)
+
+
+def default_impl() -> str:
+    """The implementation that `impl=None` currently means ("auto" = the dispatching custom op)."""
+    return _default
+
+
+@contextlib.contextmanager
+def use(impl: str):
+    """Within the block, `impl=None` means `impl` ("auto", "ref", "torch", "triton", ...)."""
+    global _default
+    if impl != AUTO:
+        get_impl(impl)  # fail at the `with`, not at the first kernel call
+    old, _default = _default, impl
+    try:
+        yield
+    finally:
+        _default = old
+
+
+def _resolve(impl: str | None) -> ModuleType | None:
+    """None means the custom op (auto); otherwise the implementation module."""
+    name = _default if impl is None else impl
+    return None if name == AUTO else get_impl(name)
+
+
+# ---- the custom ops' runtime: triton for CUDA tensors when available, else torch ------------------
+_auto_cache: dict[bool, ModuleType] = {}
+
+
+def _auto_module(cuda: bool) -> ModuleType:
+    if cuda not in _auto_cache:
+        use_triton = cuda and "triton" in _impl_names() and _availability("triton")[0]
+        _auto_cache[cuda] = _import("triton" if use_triton else "torch")
+    return _auto_cache[cuda]
+
+
+def _fresh(outs: tuple[torch.Tensor, ...], inputs: tuple) -> tuple[torch.Tensor, ...]:
+    """Custom ops may not return aliases of inputs, and fakes are contiguous: make real outputs match."""
+    ptrs = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+    return tuple(o.clone() if o.untyped_storage().data_ptr() in ptrs else o.contiguous() for o in outs)
+
+
+def _run_auto(op: str, *args):
+    return _fresh(getattr(_auto_module(args[0].is_cuda), op)(*args), args)
+
+
+Tensor = torch.Tensor  # short for the custom-op signatures below
+
+
+@torch.library.custom_op("edgeports::selective_scan", mutates_args=())
+def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                       delta_bias: Tensor | None, delta_softplus: bool,
+                       initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
+    return _run_auto("selective_scan", u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+@_selective_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    return torch.empty_like(u, memory_format=torch.contiguous_format), \
+        u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("edgeports::selective_state_update", mutates_args=())
+def _selective_state_update_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                               D: Tensor | None, z: Tensor | None, dt_bias: Tensor | None,
+                               dt_softplus: bool) -> tuple[Tensor, Tensor]:
+    return _run_auto("selective_state_update", state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+@_selective_state_update_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        torch.empty_like(state, dtype=torch.float32, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("edgeports::ssd_chunk_scan", mutates_args=())
+def _ssd_chunk_scan_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, D: Tensor | None,
+                       z: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool, dt_min: float, dt_max: float,
+                       initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
+    return _run_auto("ssd_chunk_scan", x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_min, dt_max,
+                     initial_state)
+
+
+@_ssd_chunk_scan_op.register_fake
+def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_min, dt_max, initial_state):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        x.new_empty((x.shape[0], x.shape[2], x.shape[3], B.shape[3]), dtype=torch.float32)
+
+
+@torch.library.custom_op("edgeports::causal_conv1d", mutates_args=())
+def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Tensor | None, initial_state: Tensor | None,
+                      activation: str | None) -> tuple[Tensor, Tensor]:
+    return _run_auto("causal_conv1d", x, weight, bias, initial_state, activation)
+
+
+@_causal_conv1d_op.register_fake
+def _(x, weight, bias, initial_state, activation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1))
+
+
+@torch.library.custom_op("edgeports::causal_conv1d_update", mutates_args=())
+def _causal_conv1d_update_op(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None,
+                             activation: str | None) -> tuple[Tensor, Tensor]:
+    return _run_auto("causal_conv1d_update", x, conv_state, weight, bias, activation)
+
+
+@_causal_conv1d_update_op.register_fake
+def _(x, conv_state, weight, bias, activation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        torch.empty_like(conv_state, memory_format=torch.contiguous_format)
+
+
+# ---- public functions ------------------------------------------------------------------------------
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+                   *, impl=None):
+    """Mamba1 selective scan. u, delta, z: [Bt,D,L]; A: [D,N] f32; B, C: [Bt,N,L]; D, delta_bias: [D] f32;
+    initial_state: [Bt,D,N] f32 -> (y [Bt,D,L] dtype of u, final_state [Bt,D,N] f32)."""
+    mod = _resolve(impl)
+    fn = torch.ops.edgeports.selective_scan if mod is None else mod.selective_scan
+    return fn(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, impl=None):
+    """One decode step. state: [Bt,H,P,N] f32; x, dt, z: [Bt,H,P]; A: [H,P,N] f32; B, C: [Bt,G,N];
+    D, dt_bias: [H,P] -> (y [Bt,H,P] dtype of x, new_state [Bt,H,P,N] f32)."""
+    mod = _resolve(impl)
+    fn = torch.ops.edgeports.selective_state_update if mod is None else mod.selective_state_update
+    return fn(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+
+
+def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_min=0.0,
+                   dt_max=math.inf, initial_state=None, *, impl=None):
+    """Mamba2 SSD. x, z: [Bt,L,H,P]; dt: [Bt,L,H]; A: [H] f32; B, C: [Bt,L,G,N]; D, dt_bias: [H];
+    initial_state: [Bt,H,P,N] f32 -> (y [Bt,L,H,P] dtype of x, final_state [Bt,H,P,N] f32).
+    chunk_size is a blocking parameter only: the result does not depend on it."""
+    mod = _resolve(impl)
+    fn = torch.ops.edgeports.ssd_chunk_scan if mod is None else mod.ssd_chunk_scan
+    return fn(x, dt, A, B, C, int(chunk_size), D, z, dt_bias, bool(dt_softplus), float(dt_min), float(dt_max),
+              initial_state)
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, *, impl=None):
+    """Depthwise causal conv. x: [Bt,D,L]; weight: [D,W]; bias: [D]; initial_state: [Bt,D,W-1] (oldest first);
+    activation None or "silu" -> (y [Bt,D,L], final_state [Bt,D,W-1] = the last W-1 inputs)."""
+    _check_activation(activation)
+    mod = _resolve(impl)
+    fn = torch.ops.edgeports.causal_conv1d if mod is None else mod.causal_conv1d
+    return fn(x, weight, bias, initial_state, activation)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, *, impl=None):
+    """One step of causal_conv1d. x: [Bt,D]; conv_state: [Bt,D,W-1] -> (y [Bt,D], new_conv_state [Bt,D,W-1])."""
+    _check_activation(activation)
+    mod = _resolve(impl)
+    fn = torch.ops.edgeports.causal_conv1d_update if mod is None else mod.causal_conv1d_update
+    return fn(x, conv_state, weight, bias, activation)
+
+
+def _check_activation(activation):
+    if activation not in (None, "silu"):
+        raise EdgeportsError(f"causal_conv1d activation must be None or 'silu', got {activation!r}")
