@@ -1,8 +1,19 @@
 """Models: specs (the zoo), our compact export-friendly implementations, and weight loading.
 
-Each arch lives in `edgeports/models/archs/<arch>.py` and declares itself there: a module-level
-`build(spec) -> LM` (random weights) and `HF_MODEL_TYPE` plus `hf_name_map(spec)` for loading local
-HF checkpoints. Nothing else keeps a list of archs.
+Each arch lives in `edgeports/models/archs/<arch>.py` (the file name is ModelSpec.arch) and declares
+itself there; nothing else keeps a list of archs. The module-level names:
+
+    FAMILY            "transformer" | "ssm" | "hybrid"
+    HF_MODEL_TYPE     the transformers `model_type` it implements (config.json -> arch)
+    build(spec) -> LM                 random weights; called under a torch.device context
+    hf_name_map(spec) -> {our_name: hf_tensor_name}   every weight of our model (parameters and persistent
+                                      buffers; tied tensors once, under their first name)
+    hf_convert(spec, our_name, tensor) -> tensor      optional: reshape / split a checkpoint tensor
+    HF_IGNORE         optional tuple of regexes: checkpoint tensors that may stay unused
+
+`edgeports.models.weights.rename_map(spec, rules)` builds hf_name_map from (regex, replacement) rules.
+Buffers computed at construction (e.g. rope frequencies) should be created with an explicit
+`device="cpu"`, so that loading can build the model on the meta device without a random init.
 """
 
 from __future__ import annotations
