@@ -8,6 +8,8 @@ This is the only surface exporters and runners rely on:
     lm.decode(ids[B,1], state)               -> (logits[B,V], State)
 
 `prefill` continues from any state, so chunked prefill is `prefill` called repeatedly.
+KV caches are written in place (no copy of the cache per step): the returned State may alias the
+input's tensors, so a State passed to prefill/decode must not be reused afterwards.
 `first=True` is the caller's promise that the state is fresh (pos == 0): attention then runs
 causal SDPA over the new tokens alone (flash-able, O(L) memory) instead of masking over the whole
 cache, and SSM mixers skip reading their zero initial states. Results are identical either way.
