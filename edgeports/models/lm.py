@@ -139,7 +139,7 @@ class LM(nn.Module):
         for block, states in zip(self.blocks, self._split(state)):
             x, states = block(x, states, ctx)
             new_state.extend(states)
-        new_state.append(pos + ids.shape[1])
+        new_state.append(pos + ctx.seq_len)  # embed_tokens may add tokens (Hymba's meta tokens)
         return self.logits(x[:, -1]), tuple(new_state)
 
     def prefill(self, ids: torch.Tensor, state: State, first: bool = False) -> tuple[torch.Tensor, State]:
