@@ -48,6 +48,11 @@ class Ctx:
         return self.pos + torch.arange(self.seq_len, device=self.pos.device)
 
 
+def _storage_key(t: torch.Tensor) -> int:
+    # meta tensors (size-only builds) all report data_ptr 0: fall back to identity
+    return id(t) if t.is_meta else t.data_ptr()
+
+
 class Block(nn.Module):
     """A residual block owning a slice of the State. Subclasses implement both methods."""
 
@@ -93,9 +98,9 @@ class LM(nn.Module):
         """Exact bytes of parameters and buffers that are weights (shared tensors counted once)."""
         seen, total = set(), 0
         for t in list(self.parameters()) + [b for _, b in self.named_buffers() if b.is_floating_point()]:
-            if t.data_ptr() in seen:
+            if _storage_key(t) in seen:
                 continue
-            seen.add(t.data_ptr())
+            seen.add(_storage_key(t))
             total += t.numel() * t.element_size()
         return total
 
@@ -103,8 +108,8 @@ class LM(nn.Module):
         """Parameter count (tied or shared tensors counted once)."""
         seen, total = set(), 0
         for p in self.parameters():
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
+            if _storage_key(p) not in seen:
+                seen.add(_storage_key(p))
                 total += p.numel()
         return total
 
@@ -136,7 +141,7 @@ class LM(nn.Module):
         ctx = Ctx(pos=pos, seq_len=ids.shape[1], first=first, decode=decode)
         x = self.embed_tokens(ids, ctx)  # [B,L,H]
         new_state: list[torch.Tensor] = []
-        for block, states in zip(self.blocks, self._split(state)):
+        for block, states in zip(self.blocks, self._split(state), strict=True):
             x, states = block(x, states, ctx)
             new_state.extend(states)
         new_state.append(pos + ctx.seq_len)  # embed_tokens may add tokens (Hymba's meta tokens)
