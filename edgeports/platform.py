@@ -28,8 +28,9 @@ from pathlib import Path
 
 SYSROOT = Path("/")
 NV_TEGRA_RELEASE = "etc/nv_tegra_release"
-DEVICE_TREE_MODEL = "proc/device-tree/model"
-DEVICE_TREE_COMPATIBLE = "proc/device-tree/compatible"
+# Docker masks /sys/firmware (hence /proc/device-tree) in containers: `make run-jetson` bind-mounts the
+# host's device tree at the second location.
+DEVICE_TREE_DIRS = ("proc/device-tree", "run/edgeports/device-tree")
 PROC_MEMINFO = "proc/meminfo"
 PROC_CPUINFO = "proc/cpuinfo"
 # JetPack 5/6 (upstream hwmon driver): <dev>/hwmon/hwmonN/in{1,2,3}_label, in*_input (mV), curr*_input (mA).
@@ -146,14 +147,22 @@ def parse_cpuinfo(text: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- Jetson
 
+def device_tree(name: str) -> str | None:
+    """A device-tree property ('model', 'compatible') as text, NULs removed; None where not exposed."""
+    for d in DEVICE_TREE_DIRS:
+        if (text := _read(f"{d}/{name}")) is not None:
+            return text
+    return None
+
+
 def is_jetson() -> bool:
     """True on a Tegra (Jetson) system: L4T release file or an nvidia,tegra device-tree entry."""
-    return _path(NV_TEGRA_RELEASE).exists() or "nvidia,tegra" in (_read(DEVICE_TREE_COMPATIBLE) or "")
+    return _path(NV_TEGRA_RELEASE).exists() or "nvidia,tegra" in (device_tree("compatible") or "")
 
 
 def _tegra_soc() -> str | None:
     # the compatible list is NUL-separated: "nvidia,p3768-0000+p3767-0005\0nvidia,p3767-0005\0nvidia,tegra234"
-    m = re.search(r"nvidia,(tegra\d+)", _read(DEVICE_TREE_COMPATIBLE) or "")
+    m = re.search(r"nvidia,(tegra\d+)", device_tree("compatible") or "")
     return m.group(1) if m else None
 
 
@@ -193,7 +202,7 @@ def jetson_facts() -> dict[str, str | None]:
     l4t = parse_nv_tegra_release(_read(NV_TEGRA_RELEASE) or "")
     jetpack, cuda, trt = jetpack_for_l4t(l4t)
     clocks = jetson_clocks()
-    return dict(zip(keys, (_read(DEVICE_TREE_MODEL), l4t, jetpack, cuda, trt, power_mode(),
+    return dict(zip(keys, (device_tree("model"), l4t, jetpack, cuda, trt, power_mode(),
                            clocks["gpu_mhz"], clocks["emc_mhz"]), strict=True))
 
 
@@ -384,7 +393,7 @@ def _gpu_facts() -> dict[str, str | None]:
     keys = ("gpu", "gpu_cc", "gpu_memory_bytes", "gpu_driver", "gpu_reason")
     if is_jetson():
         soc = _tegra_soc()
-        model = _read(DEVICE_TREE_MODEL)
+        model = device_tree("model")
         total = parse_meminfo(_read(PROC_MEMINFO) or "").get("MemTotal")
         return dict(zip(keys, (f"{soc or 'tegra'} integrated GPU" + (f" ({model})" if model else ""),
                                TEGRA_COMPUTE_CAPABILITY.get(soc or ""), str(total) if total else None,
