@@ -1,0 +1,98 @@
+// Shared device helpers and host-side planning for the edgeports SSM kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "edgeports_ssm.h"
+
+namespace ep {
+
+// Loads and stores convert at the memory boundary: every kernel computes in float32, and a
+// dtype switch that is uniform across the warp costs far less than a template instance per
+// combination of input dtypes (which the plugins would otherwise have to enumerate).
+__device__ __forceinline__ float ld(const void* p, int dt, int64_t i) {
+    if (dt == EP_F32) return static_cast<const float*>(p)[i];
+    if (dt == EP_F16) return __half2float(static_cast<const __half*>(p)[i]);
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+
+__device__ __forceinline__ float ld_or(const ep_in& t, int64_t i, float dflt) {
+    return t.data ? ld(t.data, t.dtype, i) : dflt;
+}
+
+__device__ __forceinline__ void st(void* p, int dt, int64_t i, float v) {
+    if (dt == EP_F32) static_cast<float*>(p)[i] = v;
+    else if (dt == EP_F16) static_cast<__half*>(p)[i] = __float2half_rn(v);
+    else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+}
+
+// torch.nn.functional.softplus with beta=1, threshold=20.
+__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
+
+// Sum over aligned groups of `width` lanes (a power of two <= 32). Every lane of the warp must call it.
+__device__ __forceinline__ float group_sum(float v, int width) {
+    for (int off = width >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---- host side ----
+
+inline bool valid_dtype(int dt) { return dt == EP_F32 || dt == EP_F16 || dt == EP_BF16; }
+inline bool valid_in(const ep_in& t, bool required) {
+    return t.data ? valid_dtype(t.dtype) : !required;
+}
+inline bool valid_out(const ep_out& t) { return t.data && valid_dtype(t.dtype); }
+
+inline int next_pow2(int v) {
+    int p = 1;
+    while (p < v) p <<= 1;
+    return p;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Multiprocessor count of the current device (cached per device; 0 if unknown).
+int sm_count();
+
+// How the sequence of a scan is split for parallelism. With one chunk the scan is a single pass;
+// with nc > 1: pass 1 scans chunks 0..nc-2 (chunk 0 from the initial state, the others from zero)
+// and records their end states and dt sums, combine() turns those into the true state entering
+// each chunk, and pass 2 rescans every chunk from its true entering state, writing y.
+struct ChunkPlan {
+    int nchunks;
+    int chunk_len;      // a multiple of `tile`
+    int nchunks_bound;  // >= nchunks; what the workspace is sized for
+};
+
+// base_blocks: blocks of one pass without chunking; warps_per_block: their size.
+ChunkPlan plan_chunks(int64_t base_blocks, int warps_per_block, int64_t seqlen, int tile);
+
+// Workspace of a plan: chunk states [nc-1, rows, per_row] and dt sums [nc-1, rows] (float32).
+size_t chunk_workspace_bytes(const ChunkPlan& plan, int64_t rows, int64_t per_row);
+
+// The plan and its workspace, as the scan kernels take them (by value).
+struct ChunkWork {
+    float* hs;  // [nc-1, rows, per_row] chunk-end states
+    float* S;   // [nc-1, rows] dt sums
+    int nchunks, chunk_len;
+};
+ChunkWork chunk_work(const ChunkPlan& plan, int64_t rows, int64_t per_row, void* workspace);
+
+// hs: [nc-1, batch, R, E] chunk-end states, S: [nc-1, batch, R] dt sums per chunk. In place,
+// hs[c] becomes the true state at the end of chunk c. The decay of element (r, e) over chunk c is
+// exp(A[r * a_rs + e * a_es] * S[c, b, r]).
+int combine_chunks(float* hs, const float* S, ep_in A, int64_t a_rs, int64_t a_es, int nchunks, int64_t batch,
+                   int64_t R, int64_t E, cudaStream_t stream);
+
+inline int launch_status() {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? EP_OK : static_cast<int>(e);
+}
+
+}  // namespace ep
