@@ -66,7 +66,9 @@ WEIGHTS ?=
 
 COMMON_BUILD_ARGS = --build-arg EDGEPORTS_GIT_COMMIT=$(GIT_COMMIT) \
 	--build-arg MAMBA_SSM_VERSION=$(MAMBA_SSM_VERSION) --build-arg CAUSAL_CONV1D_VERSION=$(CAUSAL_CONV1D_VERSION)
-SWEEP_ARGS = --backend $(BACKEND) $(if $(MODELS),--models $(MODELS)) $(if $(LENS),--lens $(LENS)) $(ARGS)
+# The same sweep flags as `make run`; a WEIGHTS dir is mounted at /weights and passed as --weights.
+SWEEP_ARGS = --backend $(BACKEND) $(if $(MODELS),--models $(MODELS)) $(if $(LENS),--lens $(LENS)) $(ARGS) \
+	$(if $(WEIGHTS),--weights /weights)
 # No network at run time (DESIGN: no hub downloads, ever); results and weights on mounted volumes.
 RUN_MOUNTS = --rm --network none --ipc=host -v $(abspath $(RESULTS)):/results $(if $(WEIGHTS),-v $(abspath $(WEIGHTS)):/weights:ro)
 

@@ -248,3 +248,14 @@ def test_git_commit_from_env_outside_a_checkout(monkeypatch, tmp_path):
     assert platform._git_commit() == "deadbeef"
     monkeypatch.delenv("EDGEPORTS_GIT_COMMIT")
     assert platform._git_commit() is None
+
+
+def test_device_tree_from_the_container_mount(sysroot, tmp_path):
+    """In a container /proc/device-tree is masked; `make run-jetson` mounts it at run/edgeports/device-tree."""
+    root = sysroot(tmp_path / "root")
+    shutil.copytree(NANO, root)
+    shutil.move(root / "proc/device-tree", root / "run/edgeports/device-tree")
+    assert not (root / "proc/device-tree").exists()
+    assert platform.device_tree("model") == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert platform.jetson_facts()["jetson_model"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert platform.fingerprint()["platform_gpu_cc"] == "8.7"  # SoC from the mounted `compatible`
