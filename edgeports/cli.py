@@ -1,0 +1,230 @@
+"""The `edgeports` command: models | backends | export | run | report | results | doctor.
+
+Every EdgeportsError becomes one line on stderr and exit status 2 (`main()`); anything else is a
+bug and keeps its traceback. The `run` options and their defaults come from SweepConfig.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgeports.errors import EdgeportsError
+from edgeports.sweep import DEVICE_DEFAULTS, SweepConfig
+
+DEFAULTS = SweepConfig()
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _table(title: str | None, head: list[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in head:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*[("-" if v is None else str(v)) for v in r], )
+    return t
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeports")
+def cli():
+    """Export Transformer, SSM and hybrid LMs to several backends and sweep long-context latency,
+    memory and energy identically across them."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json):
+    """List the model zoo with sizes, KV bytes per token and SSM state bytes."""
+    from edgeports.measure.memory import format_bytes
+    from edgeports.models import zoo_names
+    from edgeports.models.info import info_table
+
+    rows = info_table(zoo_names())
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    head = ["name", "family", "arch", "dtype", "params", "layers", "KV/token", "SSM state", "status"]
+    body = [[r["name"], r["family"], r["arch"], r["dtype"], f"{r['params'] / 1e6:.1f}M" if r["params"] else None,
+             r["layers"], format_bytes(r["kv_bytes_per_token"]) if r["kv_bytes_per_token"] is not None else None,
+             format_bytes(r["ssm_state_bytes"]) if r["ssm_state_bytes"] is not None else None,
+             r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"] for r in rows]
+    _console().print(_table("edgeports models", head, body))
+
+
+def _backend_rows():
+    from edgeports.backends import all_backends
+
+    rows = []
+    for b in all_backends().values():
+        ok, reason = b.available()
+        c = b.caps
+        rows.append([b.name, "yes" if ok else "no", "yes" if b.needs_export else "no", ",".join(c.devices),
+                     ",".join(c.dtypes), ",".join(c.prefill_modes), reason or ""])
+    return ["backend", "available", "export step", "devices", "dtypes", "prefill", "reason"], rows
+
+
+@cli.command()
+def backends():
+    """List the backends, whether each is available here, and why not."""
+    head, rows = _backend_rows()
+    _console().print(_table("edgeports backends", head, rows))
+
+
+@cli.command()
+def doctor():
+    """Print the platform (GPU, driver, Jetson facts, library versions) and backend availability."""
+    from edgeports.platform import describe
+
+    console = _console()
+    for label, value in describe():
+        console.print(f"[bold]{label:>12}[/bold]  {value}", highlight=False)
+    head, rows = _backend_rows()
+    console.print(_table("backends", head, rows))
+
+
+@cli.command()
+@click.option("--model", "model", required=True, help="Zoo name or a local HF checkpoint directory.")
+@click.option("--backend", required=True, help="Backend with an export step (see `edgeports backends`).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Artifact directory "
+              "[default: artifacts/<backend>/<model>-<dtype>].")
+@click.option("--dtype", default=None, help="fp32, fp16 or bf16 [default: the model's].")
+@click.option("--max-len", type=int, default=4096, show_default=True, help="Longest prompt + decode to hold.")
+@click.option("--device", default="cpu", show_default=True, help="Where to build / trace.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local HF checkpoint directory with the weights.")
+def export(model, backend, out, dtype, max_len, device, seed, weights):
+    """Export one model with one backend into an artifact directory."""
+    from edgeports.backends import get_backend
+    from edgeports.exporters.base import ExportOptions, canonical_dtype
+    from edgeports.models import get_spec
+
+    spec = get_spec(model)
+    b = get_backend(backend)
+    ok, reason = b.available()
+    if not ok:
+        raise EdgeportsError(f"backend {backend!r} is not available here: {reason}")
+    options = ExportOptions(dtype=canonical_dtype(dtype or spec.dtype), seed=seed, weights=weights,
+                            max_len=max_len, device=device)
+    out = out or Path("artifacts") / backend / f"{spec.name}-{options.dtype}"
+    art = b.export(spec, out, options)
+    click.echo(f"exported {spec.name} ({options.dtype}) for {backend} to {art.path} in {art.export_s:.1f} s")
+
+
+def _sweep_options(f):
+    """The `run` options, defaults taken from SweepConfig."""
+    d = DEFAULTS
+    cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
+    opts = [
+        click.option("--models", default=None, help="Comma list of zoo names or local HF dirs "
+                     "[default: the smallest real model of each family]."),
+        click.option("--backend", "backends", default=d.backends, show_default=True, help="'all' or a comma list."),
+        click.option("--lens", default=None, help=f"Prompt lengths: 1k-64k, 1k,3k,57k, 8k-64k:+8k, 1k-64k:x4 "
+                     f"[default: {cpu[0]} on cpu, {gpu[0]} on cuda]."),
+        click.option("--device", default=d.device, show_default=True, help="cpu, cuda, cuda:<n> or auto."),
+        click.option("--dtype", default=d.dtype, help="fp32, fp16 or bf16 [default: each model's]."),
+        click.option("--batch", type=int, default=d.batch, show_default=True),
+        click.option("--decode-len", type=int, default=None,
+                     help=f"Decode steps per measurement [default: {cpu[1]} on cpu, {gpu[1]} on cuda]."),
+        click.option("--prefill", "prefill_modes", default=",".join(d.prefill_modes), show_default=True,
+                     help="Comma list of full and chunk:<n>."),
+        click.option("--repeats", type=int, default=None, help=f"Timed repeats [default: {cpu[2]} on cpu, {gpu[2]} on cuda]."),
+        click.option("--warmup", type=int, default=d.warmup, show_default=True, help="Untimed runs first."),
+        click.option("--mem-budget", default=d.mem_budget, help="Memory cap per worker, e.g. 8GiB."),
+        click.option("--timeout", "timeout_s", type=float, default=d.timeout_s, show_default=True,
+                     help="Seconds per cell before its worker is killed."),
+        click.option("--load-timeout", "load_timeout_s", type=float, default=d.load_timeout_s, show_default=True,
+                     help="Seconds for exporting + loading one model/backend."),
+        click.option("--seed", type=int, default=d.seed, show_default=True, help="Seed of the random weights."),
+        click.option("--weights", type=click.Path(exists=True, file_okay=False), default=d.weights,
+                     help="Local HF checkpoint directory (one model)."),
+        click.option("--db", default=d.db, show_default=True, help="Results database (SQLite)."),
+        click.option("--artifacts", default=d.artifacts, help="Artifact cache [default: <db dir>/artifacts]."),
+        click.option("--force", is_flag=True, help="Measure again cells that already have results."),
+        click.option("--no-progress", "progress", is_flag=True, flag_value=False, default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@_sweep_options
+def run(models, prefill_modes, **kwargs):
+    """Run a sweep: models x backends x lengths, resumable; rows go to the results database."""
+    from edgeports import sweep
+
+    config = SweepConfig(models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else (),
+                         prefill_modes=tuple(m.strip() for m in prefill_modes.split(",") if m.strip()), **kwargs)
+    counts = sweep.run(config)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new to measure"
+    click.echo(f"{summary}; results in {config.db}")
+
+
+@cli.command()
+@click.option("--db", default=DEFAULTS.db, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/report"), show_default=True)
+@click.option("--baseline", default="eager", show_default=True, help="Backend the ratio columns divide by "
+              "('none' for no ratios).")
+@click.option("--no-plots", is_flag=True, help="Markdown only (no matplotlib needed).")
+def report(db, out, baseline, no_plots):
+    """Write report.md and PNG plots (latency and memory vs length) from the results database."""
+    from edgeports.report import write_report
+    from edgeports.results import ResultStore
+
+    with ResultStore(db, create=False) as store:
+        rows = store.rows()
+    path = write_report(rows, out, baseline=None if baseline == "none" else baseline, plots=not no_plots)
+    click.echo(f"wrote {path}")
+
+
+@cli.group()
+def results():
+    """Work with the results database."""
+
+
+@results.command("export")
+@click.option("--db", default=DEFAULTS.db, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="[default: <db dir>/results.<format>]")
+def results_export(db, fmt, out):
+    """Export every row as CSV, Parquet or JSON."""
+    from edgeports.results import ResultStore, export_rows
+
+    with ResultStore(db, create=False) as store:
+        rows = store.rows()
+    path = export_rows(rows, out or Path(db).parent / f"results.{fmt}", fmt)
+    click.echo(f"wrote {len(rows)} rows to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: EdgeportsError -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    try:
+        cli.main(args=argv, prog_name="edgeports", standalone_mode=False)
+    except EdgeportsError as e:
+        click.echo(f"edgeports: error: {e}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("edgeports: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+
+if __name__ == "__main__":
+    main()

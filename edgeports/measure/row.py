@@ -1,0 +1,160 @@
+"""The result row: one flat, frozen record per measured cell (llama-bench style).
+
+Every row carries the full cell config, its metrics (null when not measured, with the reason in
+the matching *_reason field), a status and the platform fingerprint, so a row means the same
+thing outside the database it came from. The SQLite schema is derived from these fields
+(edgeports.results); new fields become new columns in existing databases.
+
+Units: times in milliseconds (`*_ms`) or seconds (`*_s`), sizes in bytes, energy in joules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+STATUSES = ("ok", "oom", "error", "timeout", "skipped")
+# the cell config: what identifies a measurement (with the platform id) for resume and dedup
+CONFIG_FIELDS = ("model", "arch", "family", "backend", "device", "dtype", "batch", "prompt_len", "decode_len",
+                 "prefill_mode", "mem_budget", "weights")
+# the facts that make two platforms "the same place" for resume (clocks and versions excluded)
+PLATFORM_ID_FIELDS = ("platform_machine", "platform_cpu", "platform_gpu", "platform_jetson_model",
+                      "platform_power_mode")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured (or failed) cell."""
+
+    # ---- cell config
+    model: str
+    arch: str
+    family: str
+    backend: str
+    device: str
+    dtype: str
+    batch: int
+    prompt_len: int
+    decode_len: int
+    prefill_mode: str  # "full" | "chunk:<n>"
+    mem_budget: int | None = None  # bytes; None = the whole device
+    weights: str = "random:0"  # "random:<seed>" or a local checkpoint path
+    repeats: int = 0
+    # ---- outcome
+    status: str = "ok"  # one of STATUSES
+    reason: str | None = None
+    # ---- latency
+    ttft_p10_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p90_ms: float | None = None
+    ttft_samples_ms: str | None = None  # JSON list
+    tpot_p10_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    tpot_p90_ms: float | None = None
+    tpot_samples_ms: str | None = None  # JSON list: decode time / decode_len, one per repeat
+    prefill_tok_s: float | None = None  # batch * prompt_len / ttft_p50
+    decode_tok_s: float | None = None  # batch / tpot_p50
+    export_s: float | None = None  # export / engine build, never inside a timed region
+    export_reused: int | None = None  # 1 when a cached artifact was loaded instead
+    load_s: float | None = None
+    warmup_s: float | None = None  # first (untimed) calls: lazy compilation, autotuning
+    # ---- memory
+    peak_allocated_bytes: int | None = None  # torch allocator (CUDA)
+    peak_reserved_bytes: int | None = None
+    device_used_peak_bytes: int | None = None  # device-wide (NVML / Jetson meminfo)
+    device_used_reason: str | None = None
+    rss_peak_bytes: int | None = None
+    weight_bytes: int | None = None
+    state_bytes: int | None = None  # KV caches + conv + SSM states after prefill + decode
+    activation_bytes: int | None = None  # peak allocated - weights - state
+    memory_reason: str | None = None  # why allocator/activation fields are null
+    # ---- energy
+    energy_prefill_j: float | None = None
+    energy_per_token_j: float | None = None
+    energy_method: str | None = None
+    energy_reason: str | None = None
+    # ---- correctness
+    parity: str | None = None  # "ok ...", "skipped: ...", "not comparable: ..."
+    parity_max_err: float | None = None
+    runner_info: str | None = None  # JSON: backend details (kernels used, params, ...)
+    # ---- provenance
+    sweep_id: str | None = None
+    cell_key: str = ""
+    timestamp: str = ""
+    # ---- platform fingerprint (edgeports.platform.FINGERPRINT_KEYS)
+    platform_os: str | None = None
+    platform_machine: str | None = None
+    platform_python: str | None = None
+    platform_cpu: str | None = None
+    platform_cpu_count: str | None = None
+    platform_torch: str | None = None
+    platform_torch_cuda: str | None = None
+    platform_gpu: str | None = None
+    platform_gpu_cc: str | None = None
+    platform_gpu_memory_bytes: str | None = None
+    platform_gpu_driver: str | None = None
+    platform_gpu_reason: str | None = None
+    platform_onnxruntime: str | None = None
+    platform_ort_providers: str | None = None
+    platform_tensorrt: str | None = None
+    platform_jetson_model: str | None = None
+    platform_l4t: str | None = None
+    platform_jetpack: str | None = None
+    platform_jetpack_cuda: str | None = None
+    platform_jetpack_tensorrt: str | None = None
+    platform_power_mode: str | None = None
+    platform_gpu_clock_mhz: str | None = None
+    platform_emc_clock_mhz: str | None = None
+    platform_edgeports: str | None = None
+    platform_git_commit: str | None = None
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"row status {self.status!r} not in {STATUSES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """Build from a mapping, ignoring keys that are not fields (older or newer databases)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def field_types() -> dict[str, type]:
+    """Field name -> base python type (int, float or str; Optional stripped)."""
+    hints = typing.get_type_hints(Row)
+    out = {}
+    for f in dataclasses.fields(Row):
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        out[f.name] = args[0] if args else hints[f.name]
+    return out
+
+
+def platform_id(fingerprint: dict[str, Any]) -> str:
+    """A short hash of the stable facts of a platform (what resume compares)."""
+    key = json.dumps([fingerprint.get(k) for k in PLATFORM_ID_FIELDS])
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def cell_key(config: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """The identity of a cell on a platform: same key = same measurement (resume skips it)."""
+    key = json.dumps([config.get(k) for k in CONFIG_FIELDS] + [platform_id(fingerprint)])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def now() -> str:
+    """UTC timestamp, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def samples_json(samples: typing.Iterable[float]) -> str:
+    """Raw samples as a compact JSON list (microsecond precision)."""
+    return json.dumps([round(s, 4) for s in samples])

@@ -1,0 +1,224 @@
+"""The sweep worker: one process per (model, backend) group, driven over a pipe by edgeports.sweep.
+
+Protocol (JSON lines). The parent writes the job header to stdin, then one cell at a time; the
+worker answers on its original stdout (fd 1 is pointed at stderr, so library prints cannot corrupt
+the protocol):
+
+    parent -> {"model", "backend", "device", "dtype", "seed", "weights", "batch", "max_len",
+               "mem_budget", "artifacts"}
+    worker -> {"type": "ready", "export_s", "export_reused", "load_s"}
+           or {"type": "load_failed", "status": "error"|"oom"|"skipped", "reason"}  (then exits)
+    parent -> {"id", "prompt_len", "decode_len", "prefill_mode", "repeats", "warmup"}   (repeated)
+    worker -> {"type": "row", "id", "status", "reason", ...metric fields}
+    parent closes stdin -> the worker exits.
+
+The worker never decides what to run next, never touches the results store and never retries:
+the parent schedules cells, enforces timeouts and records crashes. `EDGEPORTS_FAULT` is a test
+hook: `kill:<prompt_len>` SIGKILLs the worker and `hang:<prompt_len>` stalls it when that cell starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+FAULT_ENV = "EDGEPORTS_FAULT"
+
+
+def _send(out, msg: dict[str, Any]) -> None:
+    out.write(json.dumps(msg, default=str) + "\n")
+    out.flush()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()[:500]
+
+
+def apply_mem_budget(budget: int | None, device: str) -> str | None:
+    """Cap this process: RLIMIT_AS = current address space + budget on the CPU (so the budget is what
+    the model, its state and activations may add), the allocator fraction on CUDA. Returns a note."""
+    if not budget:
+        return None
+    import torch
+
+    from edgeports.measure.memory import vm_size
+
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), torch.device(device))
+        return f"cuda allocator capped at {budget} of {total} bytes"
+    limit = (vm_size() or 0) + budget
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return f"RLIMIT_AS {limit} bytes"
+
+
+def _fault(prompt_len: int) -> None:
+    action, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    if at and at.isdigit() and int(at) == prompt_len:
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "hang":
+            time.sleep(3600)
+
+
+class Worker:
+    """Loads one (model, backend) and measures the cells it is sent."""
+
+    def __init__(self, job: dict[str, Any]):
+        self.job = job
+        self.parity: dict[str, Any] = {}
+        self.runner = None
+
+    def load(self) -> dict[str, Any]:
+        """Export (or reuse) the artifact and load the runner; the 'ready' message."""
+        from edgeports.backends import get_backend
+        from edgeports.exporters.base import ExportOptions
+        from edgeports.models import get_spec
+
+        job = self.job
+        self.spec = get_spec(job["model"])
+        self.backend = get_backend(job["backend"])
+        self.options = ExportOptions(dtype=job["dtype"], seed=job["seed"], weights=job["weights"],
+                                     batch=job["batch"], max_len=job["max_len"], device=job["device"])
+        artifact, reused = self.backend.prepare(self.spec, self.options, job["artifacts"])
+        t0 = time.perf_counter()
+        self.runner = self.backend.load(artifact, job["device"])
+        self.runner.sync()
+        self.artifact = artifact
+        return {"type": "ready", "export_s": artifact.export_s, "export_reused": int(reused),
+                "load_s": time.perf_counter() - t0}
+
+    def check_parity(self, chunk: int | None) -> Any:
+        """Parity against eager fp32 with identical weights, once per prefill chunking."""
+        from edgeports.measure import parity
+
+        if chunk in self.parity:
+            return self.parity[chunk]
+        if self.backend.name == "eager":
+            result = parity.Parity(True, None, "skipped: eager is the reference")
+        else:
+            result = self._parity_against_reference(chunk)
+        self.parity[chunk] = result
+        return result
+
+    def _parity_against_reference(self, chunk: int | None):
+        import torch
+
+        from edgeports.exporters.base import build_lm
+        from edgeports.measure import parity
+        from edgeports.measure.cell import prompt_ids
+        from edgeports.runners.eager import EagerRunner
+
+        make_reference = getattr(self.backend.runner, "parity_reference", None)
+        try:
+            if make_reference is not None:
+                lm = make_reference(self.runner)
+            else:
+                # the runner's weights (rounded to its dtype) computed in fp32: the check sees compute error only
+                lm = build_lm(self.spec, self.options, device=self.job["device"]).float()
+            reference = EagerRunner(lm, self.job["device"])
+            ids = prompt_ids(self.spec.config["vocab_size"], 1, parity.PARITY_LEN, self.runner.device, seed=1)
+            result = parity.check(self.runner, reference, ids, chunk and min(chunk, parity.PARITY_LEN // 3),
+                                  self.options.dtype)
+        except Exception as e:  # a reference that cannot be built here is a note, not a failed cell
+            return parity.Parity(True, None, f"not checked: {_one_line(e)}")
+        finally:
+            if self.runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return result
+
+    def cell(self, cell: dict[str, Any]) -> dict[str, Any]:
+        """Measure one cell; the 'row' message (status ok, oom or error)."""
+        from edgeports.measure import Plan, measure
+        from edgeports.platform import device_memory_reader, energy_reader
+        from edgeports.runners.base import parse_prefill_mode
+
+        _fault(cell["prompt_len"])
+        msg: dict[str, Any] = {"type": "row", "id": cell["id"], "status": "ok", "reason": None}
+        meter = None
+        try:
+            chunk = parse_prefill_mode(cell["prefill_mode"])
+            self.backend.caps.check(self.backend.name, self.job["device"], self.options.dtype, cell["prefill_mode"])
+            par = self.check_parity(chunk)
+            msg.update(parity=par.text, parity_max_err=par.max_err)
+            if not par.ok:
+                return {**msg, "status": "error", "reason": par.text}
+            device = self.job["device"]
+            mem_reader, mem_reason = device_memory_reader(device)
+            meter, energy_reason, energy_method = energy_reader(device)
+            plan = Plan(prompt_len=cell["prompt_len"], decode_len=cell["decode_len"], batch=self.job["batch"],
+                        chunk=chunk, repeats=cell["repeats"], warmup=cell["warmup"])
+            msg.update(measure(self.runner, plan, self.spec.config["vocab_size"], mem_reader, mem_reason, meter,
+                               energy_method, energy_reason))
+        except Exception as e:
+            self.runner.reset()
+            status = _status(e)
+            if status == "error" and not _is_user_error(e):
+                traceback.print_exc()  # into the worker log: this is a bug somewhere
+            msg.update(status=status, reason=_reason(e))
+            _release(self.job["device"])
+        finally:
+            if meter is not None and hasattr(meter, "close"):
+                meter.close()
+        return msg
+
+
+def _status(e: BaseException) -> str:
+    """oom for out-of-memory, skipped for what the backend cannot run at all, else error."""
+    from edgeports.measure import is_oom
+    from edgeports.runners.base import Unsupported
+
+    return "oom" if is_oom(e) else "skipped" if isinstance(e, Unsupported) else "error"
+
+
+def _reason(e: BaseException) -> str:
+    """One line; user errors need no exception type in front of their message."""
+    return str(e).strip().splitlines()[0][:500] if _is_user_error(e) and str(e).strip() else _one_line(e)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    from edgeports.errors import EdgeportsError
+
+    return isinstance(e, EdgeportsError)
+
+
+def _release(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def main() -> int:
+    """Worker entry point: `python -m edgeports.worker` (the parent speaks the protocol above)."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints from libraries go to the log, not into the protocol
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    job = json.loads(sys.stdin.readline())
+    worker = Worker(job)
+    try:
+        apply_mem_budget(job.get("mem_budget"), job["device"])
+        _send(out, worker.load())
+    except Exception as e:
+        if _status(e) == "error" and not _is_user_error(e):
+            traceback.print_exc()
+        _send(out, {"type": "load_failed", "status": _status(e), "reason": _reason(e)})
+        return 1
+    for line in sys.stdin:
+        if line.strip():
+            _send(out, worker.cell(json.loads(line)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
