@@ -1,6 +1,7 @@
 """containers/: what can be checked without a Docker engine. hadolint on both Dockerfiles, the docker
 commands `make -n` prints for image-*/run-*, Makefile versions == Dockerfile defaults, the setup.py
-patch of build_ssm_kernels.py, and the entrypoint run outside a container (a stub CLI, then the real one)."""
+patch of build_ssm_kernels.py, install.sh's plugin step (stub cmake), and the entrypoint run outside a
+container (a stub CLI, then the real one)."""
 
 import importlib.util
 import os
@@ -228,3 +229,34 @@ def test_entrypoint_end_to_end_with_tiny_model(tmp_path):
     with sqlite3.connect(results / "edgeports.db") as con:
         rows = con.execute("SELECT model, backend, prompt_len, status, platform_python FROM rows").fetchall()
     assert rows == [("tiny-llama", "eager", 32, "ok", ".".join(map(str, sys.version_info[:3])))]
+
+
+def test_install_plugins_step_with_stub_cmake(tmp_path):
+    """install.sh plugins: CMake gets the CUDA archs in its spelling, both libraries land in the lib dir,
+    and a library the build did not produce fails the step."""
+    bindir, log = tmp_path / "bin", tmp_path / "cmake.log"
+    bindir.mkdir()
+    cmake = bindir / "cmake"
+    # configure (-S ... -B dir) creates the build dir; --build writes the libraries listed in $STUB_LIBS
+    cmake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
+                     'if [[ "$1" == -S ]]; then mkdir -p "$4"; else for l in $STUB_LIBS; do touch "$2/$l"; done; fi\n')
+    cmake.chmod(0o755)
+    work, libs = tmp_path / "src", tmp_path / "lib"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CUDA_ARCHS": "8.6;8.9", "MAX_JOBS": "3",
+           "EDGEPORTS_LIB_DIR": str(libs), "STUB_LIBS": "libedgeports_trt_plugins.so libedgeports_ssm_kernels.so"}
+    script = str(ROOT / "containers/install.sh")
+    proc = subprocess.run(["bash", script, "plugins"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    configure, build = log.read_text().splitlines()
+    assert configure.startswith("-S exporters/plugins -B build/plugins ")
+    assert "-DCMAKE_CUDA_ARCHITECTURES=86;89" in configure and "-DEDGEPORTS_REQUIRE_TENSORRT=ON" in configure
+    assert build == "--build build/plugins -j 3"
+    assert sorted(p.name for p in libs.iterdir()) == ["libedgeports_ssm_kernels.so", "libedgeports_trt_plugins.so"]
+    assert not (work / "build").exists()
+
+    proc = subprocess.run(["bash", script, "plugins"], cwd=work, env={**env, "STUB_LIBS": "libedgeports_trt_plugins.so"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "libedgeports_ssm_kernels.so was not built" in proc.stderr
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage" in proc.stderr
