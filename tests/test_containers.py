@@ -168,17 +168,22 @@ def test_ssm_build_patch_hands_arch_choice_to_torch(monkeypatch):
         build.strip_fixed_gencode("cc_flag = ['-gencode', 'arch=compute_80,code=sm_80']\n")
 
 
+def stub_command(tmp_path: Path, name: str, body: str) -> tuple[dict[str, str], Path]:
+    """A bash `name` first on PATH that appends its arguments to a log, then runs `body`;
+    returns (environment with that PATH, log path)."""
+    bindir, log = tmp_path / "bin", tmp_path / f"{name}.log"
+    bindir.mkdir(exist_ok=True)
+    stub = bindir / name
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n{body}\n')
+    stub.chmod(0o755)
+    return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}, log
+
+
 @pytest.fixture
 def stub_cli(tmp_path):
-    """An `edgeports` on PATH that logs its arguments; `doctor` fails when STUB_DOCTOR_FAILS is set."""
-    bindir, log = tmp_path / "bin", tmp_path / "calls.log"
-    bindir.mkdir()
-    stub = bindir / "edgeports"
-    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
-                    '[[ "$1" == doctor && -n "${STUB_DOCTOR_FAILS:-}" ]] && exit 3\nexit 0\n')
-    stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "EDGEPORTS_RESULTS": str(tmp_path / "results")}
-    return env, log
+    """An `edgeports` stub; `doctor` fails when STUB_DOCTOR_FAILS is set."""
+    env, log = stub_command(tmp_path, "edgeports", '[[ "$1" == doctor && -n "${STUB_DOCTOR_FAILS:-}" ]] && exit 3\nexit 0')
+    return {**env, "EDGEPORTS_RESULTS": str(tmp_path / "results")}, log
 
 
 def test_entrypoint_runs_doctor_then_sweep_into_results(stub_cli, tmp_path):
@@ -234,17 +239,13 @@ def test_entrypoint_end_to_end_with_tiny_model(tmp_path):
 def test_install_plugins_step_with_stub_cmake(tmp_path):
     """install.sh plugins: CMake gets the CUDA archs in its spelling, both libraries land in the lib dir,
     and a library the build did not produce fails the step."""
-    bindir, log = tmp_path / "bin", tmp_path / "cmake.log"
-    bindir.mkdir()
-    cmake = bindir / "cmake"
     # configure (-S ... -B dir) creates the build dir; --build writes the libraries listed in $STUB_LIBS
-    cmake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
-                     'if [[ "$1" == -S ]]; then mkdir -p "$4"; else for l in $STUB_LIBS; do touch "$2/$l"; done; fi\n')
-    cmake.chmod(0o755)
+    env, log = stub_command(tmp_path, "cmake", 'if [[ "$1" == -S ]]; then mkdir -p "$4"; '
+                            'else for l in $STUB_LIBS; do touch "$2/$l"; done; fi')
     work, libs = tmp_path / "src", tmp_path / "lib"
     work.mkdir()
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CUDA_ARCHS": "8.6;8.9", "MAX_JOBS": "3",
-           "EDGEPORTS_LIB_DIR": str(libs), "STUB_LIBS": "libedgeports_trt_plugins.so libedgeports_ssm_kernels.so"}
+    env.update(CUDA_ARCHS="8.6;8.9", MAX_JOBS="3", EDGEPORTS_LIB_DIR=str(libs),
+               STUB_LIBS="libedgeports_trt_plugins.so libedgeports_ssm_kernels.so")
     script = str(ROOT / "containers/install.sh")
     proc = subprocess.run(["bash", script, "plugins"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
