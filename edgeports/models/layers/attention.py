@@ -46,7 +46,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None, *,
                  qkv_bias: bool = False, o_bias: bool = False, fused_qkv: bool = False,
                  rope: RotaryEmbedding | None = None, sliding_window: int | None = None,
-                 scaling: float | None = None):
+                 scaling: float | None = None, out_dim: int | None = None):
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
         if n_heads % n_kv_heads:
@@ -63,7 +63,7 @@ class Attention(nn.Module):
             self.q_proj = nn.Linear(dim, q_out, bias=qkv_bias)
             self.k_proj = nn.Linear(dim, kv_out, bias=qkv_bias)
             self.v_proj = nn.Linear(dim, kv_out, bias=qkv_bias)
-        self.o_proj = nn.Linear(q_out, dim, bias=o_bias)
+        self.o_proj = nn.Linear(q_out, out_dim or dim, bias=o_bias)  # out_dim: Zamba2's 2H -> H block
         self.rope = rope
 
     def state_slots(self, batch: int, max_len: int) -> list[StateSlot]:
@@ -72,14 +72,18 @@ class Attention(nn.Module):
         dtype = self.o_proj.weight.dtype
         return [StateSlot("k", "k", shape, dtype), StateSlot("v", "v", shape, dtype)]
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x[B,L,D] -> q[B,H,L,hd], k[B,Hkv,L,hd], v[B,Hkv,L,hd] (before RoPE)."""
+    def project(self, x: torch.Tensor, delta: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x[B,L,D] -> q[B,H,L,hd], k[B,Hkv,L,hd], v[B,Hkv,L,hd] (before RoPE). `delta` (dq, dk, dv) [B,L,*]
+        is added to the projections (per-use LoRA adapters of Zamba2's shared attention)."""
         B, L, _ = x.shape
         if self.fused_qkv:
             q, k, v = self.qkv_proj(x).split(
                 [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], -1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if delta is not None:
+            q, k, v = q + delta[0], k + delta[1], v + delta[2]
         q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -109,9 +113,11 @@ class Attention(nn.Module):
         B = q.shape[0]
         return y.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim), [k_cache, v_cache]
 
-    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x[B,L,D], [k_cache, v_cache] -> (out[B,L,D], [k_cache, v_cache])."""
-        q, k, v = self.project(x)
+    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx,
+                delta: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x[B,L,D], [k_cache, v_cache] -> (out[B,L,D], [k_cache, v_cache]); `delta` as in `project`."""
+        q, k, v = self.project(x, delta)
         if self.rope is not None:
             cos, sin = self.rope.cos_sin(ctx, q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

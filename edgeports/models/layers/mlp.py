@@ -32,9 +32,12 @@ class GatedMLP(nn.Module):
     output is [gate | up] along the last dim (Phi3), one GEMM instead of two.
     """
 
-    def __init__(self, dim: int, hidden: int, act: str = "silu", bias: bool = False, fused: bool = False):
+    def __init__(self, dim: int, hidden: int, act: str = "silu", bias: bool = False, fused: bool = False,
+                 gate_mult: float = 1.0, out_mult: float = 1.0):
         super().__init__()
         self.fused = fused
+        # Falcon-H1's muP multipliers: act(gate(x) * gate_mult) and down(...) * out_mult
+        self.gate_mult, self.out_mult = gate_mult, out_mult
         self.hidden = hidden
         if fused:
             self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=bias)
@@ -45,13 +48,20 @@ class GatedMLP(nn.Module):
         self.act_name = act
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x[..., D] -> [..., D]."""
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """x[..., D] -> [..., D]. `delta` [..., 2F] is added to the fused [gate | up] projection (the
+        per-use LoRA adapters of Zamba2's shared MLP)."""
         if self.fused:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [..., F] each
+            gu = self.gate_up_proj(x)
+            gate, up = (gu if delta is None else gu + delta).chunk(2, dim=-1)  # [..., F] each
         else:
+            if delta is not None:
+                raise ValueError("GatedMLP: delta needs fused=True")
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act(gate) * up)
+        if self.gate_mult != 1.0:
+            gate = gate * self.gate_mult
+        y = self.down_proj(self.act(gate) * up)
+        return y * self.out_mult if self.out_mult != 1.0 else y
 
     def extra_repr(self) -> str:
         return f"act={self.act_name}, fused={self.fused}"
