@@ -38,40 +38,51 @@ AUTO = "auto"
 _PREFIX = "impl_"
 
 _default = AUTO
-_modules: dict[str, ModuleType] = {}
 
 
 # ---- discovery -------------------------------------------------------------------------------------
-def _impl_names() -> list[str]:
-    return sorted(m.name[len(_PREFIX):] for m in pkgutil.iter_modules(__path__) if m.name.startswith(_PREFIX))
+def _discover() -> dict[str, ModuleType | Exception]:
+    """Import every impl_<name>.py of this package (their heavy imports are lazy by convention).
+
+    Done once, at import: dynamo cannot trace pkgutil or importlib, and `use()` / `impl=` may sit inside a
+    compiled region. A module that fails to import is kept as its exception (unavailable, with the reason).
+    """
+    found: dict[str, ModuleType | Exception] = {}
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if m.name.startswith(_PREFIX):
+            try:
+                found[m.name[len(_PREFIX):]] = importlib.import_module(f"{__name__}.{m.name}")
+            except Exception as e:  # noqa: BLE001 - a broken optional backend must not break the package
+                found[m.name[len(_PREFIX):]] = e
+    return found
 
 
-def _import(name: str) -> ModuleType:
-    if name not in _modules:
-        if name not in _impl_names():
-            raise EdgeportsError(f"unknown kernel implementation {name!r} (known: {', '.join([AUTO, *_impl_names()])})")
-        _modules[name] = importlib.import_module(f"{__name__}.{_PREFIX}{name}")
-    return _modules[name]
+_modules = _discover()
+_avail: dict[str, tuple[bool, str]] = {}  # available() may be slow (imports triton): ask once
 
 
 def _availability(name: str) -> tuple[bool, str]:
-    try:
-        return _import(name).available()
-    except ImportError as e:  # an impl module whose own imports fail is unavailable, not a crash
-        return False, f"import failed: {e}"
+    if name not in _modules:
+        raise EdgeportsError(f"unknown kernel implementation {name!r} (known: {', '.join((AUTO, *_modules))})")
+    if name not in _avail:
+        mod = _modules[name]
+        _avail[name] = (False, f"import failed: {mod}") if isinstance(mod, Exception) else tuple(mod.available())
+    return _avail[name]
 
 
 def available_impls() -> dict[str, tuple[bool, str]]:
     """Every implementation found by the impl_<name>.py convention -> (available, reason)."""
-    return {name: _availability(name) for name in _impl_names()}
+    return {name: _availability(name) for name in _modules}
 
 
 def get_impl(name: str) -> ModuleType:
     """The implementation module `name`, or EdgeportsError if it is unknown or unavailable here."""
+    if torch.compiler.is_compiling() and name in _avail and _avail[name][0]:
+        return _modules[name]  # checked eagerly already; keep the traced path to dict reads
     ok, reason = _availability(name)
     if not ok:
         raise EdgeportsError(f"kernel implementation {name!r} is not available here: {reason}")
-    return _import(name)
+    return _modules[name]
 
 
 def default_impl() -> str:
@@ -104,8 +115,8 @@ _auto_cache: dict[bool, ModuleType] = {}
 
 def _auto_module(cuda: bool) -> ModuleType:
     if cuda not in _auto_cache:
-        use_triton = cuda and "triton" in _impl_names() and _availability("triton")[0]
-        _auto_cache[cuda] = _import("triton" if use_triton else "torch")
+        use_triton = cuda and "triton" in _modules and _availability("triton")[0]
+        _auto_cache[cuda] = _modules["triton" if use_triton else "torch"]
     return _auto_cache[cuda]
 
 

@@ -4,12 +4,17 @@
   [chunks+1, chunks+1] decay matrix over chunks for passing states (per head the decay is a scalar, so
   that matrix stays small).
 - selective_scan (Mamba1): per-channel-per-state decay makes a matrix over chunks too large, so it
-  scans over chunks of CHUNK_M1 steps, with a log-depth (Hillis-Steele) parallel scan inside each chunk.
-  Only one chunk's [Bt,D,T,N] states are alive at a time. Under tracing (torch.compile, torch.export,
-  the dynamo ONNX exporter) the scan over chunks is torch's `scan` higher-order op, so the graph does not
-  grow with L (ONNX: one `Scan` node); in eager it is a Python loop over chunks, because eager `scan`
-  compiles its body with dynamo on every new shape.
+  scans over chunks of CHUNK_M1 steps, with a log-depth (Hillis-Steele) parallel scan inside each chunk;
+  only one chunk's [T,Bt,D,N] states are alive at a time. Under tracing (torch.compile, torch.export, the
+  dynamo ONNX exporter) the scan over chunks is torch's `scan` higher-order op, so the graph does not grow
+  with L (ONNX: one `Scan` node); in eager it is a Python loop over chunks (eager `scan` would compile its
+  body with dynamo on every new shape).
 - causal_conv1d: a depthwise F.conv1d over cat(initial_state, x).
+
+Dynamic L (torch.export with a Dim for L, min 1): chunking a symbolic L is written so that export need
+not prove anything about L % T, which its solver cannot (see _num_chunks and _chunk). Verified on torch
+2.13: export with L dynamic from 1, and the dynamo ONNX export run by onnxruntime, match `ref` at L = 1,
+5, T, T+1, 300.
 """
 
 from __future__ import annotations
@@ -38,6 +43,61 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _symbolic(L) -> bool:
+    return isinstance(L, torch.SymInt)
+
+
+def _num_chunks(L, T: int, opaque: bool = True):
+    """Chunks of T steps that cover L: ceil(L/T) for a concrete L. For a symbolic L (dynamic-shape
+    tracing), L//T + 2, a padded tail of identity steps: nc >= 2 is provable, which dynamo assumes of a
+    scanned dim and contiguity checks would otherwise guard on.
+
+    opaque (export only): make nc an unbacked (data-dependent) symbol. As an expression of L, every later
+    reshape asks sympy to prove things like (6q + 12) % (q + 2) == 0, which it cannot, so export would
+    specialise L; with an opaque nc, 6*nc % nc == 0 is trivial. torch.compile just adds guards instead
+    (no item() needed there). The `scan` op cannot take an unbacked length (it guards on length == 0), so
+    selective_scan, which reshapes nothing by nc, passes opaque=False.
+    """
+    if not _symbolic(L):
+        return -(-L // T)
+    if not (opaque and torch.compiler.is_exporting()):
+        return L // T + 2
+    nc = (torch.scalar_tensor(L, dtype=torch.int64) // T + 2).item()
+    torch._check(nc >= 2)
+    return nc
+
+
+def _chunk(t: torch.Tensor, T: int, dim: int, nc) -> torch.Tensor:
+    """Split the time dim `dim` of t into (nc, T) at (dim, dim+1), zero-padding the tail.
+
+    A concrete L pads to nc*T and reshapes. A symbolic L pads by a constant (enough for the nc of
+    _num_chunks) and gathers the steps [nc, T] with one advanced index: a gather needs no bound proven,
+    where a reshape or a strided view of the padded tensor would guard on L % T. Padded steps must be
+    identity steps (callers pad dt with 0).
+    """
+    L = t.shape[dim]
+    tail = [0, 0] * (t.dim() - 1 - dim)
+    if not _symbolic(L):
+        return F.pad(t, tail + [0, nc * T - L]).unflatten(dim, (nc, T))
+    steps = torch.arange(nc, device=t.device)[:, None] * T + torch.arange(T, device=t.device)  # [nc,T]
+    return F.pad(t, tail + [0, 2 * T])[(slice(None),) * dim + (steps,)]
+
+
+def _unchunk(t: torch.Tensor, L, dim: int) -> torch.Tensor:
+    """Inverse of _chunk: dims (dim, dim+1) = (nc, T) -> the first L steps along `dim`."""
+    if not _symbolic(L):
+        return t.flatten(dim, dim + 1).narrow(dim, 0, L)
+    T = t.shape[dim + 1]
+    pos = torch.arange(L, device=t.device)
+    return t[(slice(None),) * dim + (pos // T, pos % T)]  # a gather: nothing about L % T to prove
+
+
+def _same_len(L, dim: int, *tensors: torch.Tensor) -> None:
+    """Tell the tracer up front that every input's time dim is the same symbol (simpler guards later)."""
+    for t in tensors:
+        torch._check(t.shape[dim] == L)
+
+
 def _block(L, chunk: int) -> int:
     # eager with a concrete short L: a smaller block does less padded work; a symbolic L keeps the chunk
     return min(chunk, L) if isinstance(L, int) and L > 0 else chunk
@@ -45,17 +105,17 @@ def _block(L, chunk: int) -> int:
 
 # ---- Mamba1 ---------------------------------------------------------------------------------------
 def _shift(t: torch.Tensor, k: int, fill: float) -> torch.Tensor:
-    """t[:, :, i] <- t[:, :, i-k] along dim 2 (of 4), `fill` for i < k."""
-    return F.pad(t[:, :, : t.shape[2] - k], (0, 0, k, 0), value=fill)
+    """t[i] <- t[i-k] along dim 0, `fill` for i < k."""
+    return F.pad(t[: t.shape[0] - k], (0, 0) * (t.dim() - 1) + (k, 0), value=fill)
 
 
 def _linear_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inclusive scan of h_t = a_t h_{t-1} + b_t along dim 2, as (prod a, accumulated b); log2(T) levels.
+    """Inclusive scan of h_t = a_t h_{t-1} + b_t along dim 0, as (prod a, accumulated b); log2(T) levels.
 
     Composing (a1, b1) then (a2, b2) gives (a2 a1, a2 b1 + b2); every factor is a decay <= 1, so no overflow.
     """
     k = 1
-    while k < a.shape[2]:
+    while k < a.shape[0]:
         b = b + a * _shift(b, k, 0.0)
         a = a * _shift(a, k, 1.0)
         k *= 2
@@ -63,43 +123,39 @@ def _linear_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _m1_chunk(h: torch.Tensor, xs: tuple[torch.Tensor, ...], A: torch.Tensor):
-    """One chunk: h [Bt,D,N]; dt, dtu [Bt,D,T]; B, C [Bt,N,T] -> (h at the chunk end, y [Bt,D,T])."""
+    """One chunk, time-major: h [Bt,D,N]; dt, dtu [T,Bt,D]; B, C [T,Bt,N] -> (h at the chunk end, y [T,Bt,D])."""
     dt, dtu, B, C = xs
-    a = torch.exp(dt[..., None] * A[:, None, :])  # [Bt,D,T,N]
-    b = dtu[..., None] * B.transpose(1, 2)[:, None]  # [Bt,D,T,N]
+    a = torch.exp(dt[..., None] * A)  # [T,Bt,D,N]
+    b = dtu[..., None] * B[:, :, None, :]  # [T,Bt,D,N]
     a, b = _linear_scan(a, b)
-    hs = a * h[:, :, None, :] + b  # [Bt,D,T,N]: the state after every step of the chunk
-    y = (hs * C.transpose(1, 2)[:, None]).sum(-1)  # [Bt,D,T]
-    return hs[:, :, -1].clone(), y  # clone: scan forbids a carry aliasing an output
-
-
-def _chunks(t: torch.Tensor, T: int) -> torch.Tensor:
-    """[Bt,X,L] (L a multiple of T) -> [L/T,Bt,X,T]."""
-    return t.reshape(t.shape[0], t.shape[1], -1, T).permute(2, 0, 1, 3)
+    hs = a * h + b  # [T,Bt,D,N]: the state after every step of the chunk
+    y = (hs * C[:, :, None, :]).sum(-1)  # [T,Bt,D]
+    return hs[-1].clone(), y  # clone: scan forbids a carry aliasing an output
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
     """Mamba1 scan: chunks of CHUNK_M1 steps, parallel inside, sequential (loop or `scan` op) across."""
     bt, d, L = u.shape
+    _same_len(L, 2, delta, B, C)
     uf, A = u.float(), A.float()
     dt = transform_dt(delta.float(), delta_bias, delta_softplus, bias_dim=1)  # [Bt,D,L]
     T = _block(L, CHUNK_M1)
-    pad = (-L) % T
-    # padded steps get dt = 0: decay exp(0) = 1 and input 0, so they leave the state unchanged
-    xs = tuple(_chunks(F.pad(t, (0, pad)), T) for t in (dt, dt * uf, B.float(), C.float()))  # [nc,Bt,*,T]
+    nc = _num_chunks(L, T, opaque=False)
+    # time-major chunks [nc,T,Bt,*]; padded steps get dt = 0: decay 1, input 0, the state is unchanged
+    xs = tuple(_chunk(t.permute(2, 0, 1), T, 0, nc) for t in (dt, dt * uf, B.float(), C.float()))
     h = initial_state.float() if initial_state is not None else uf.new_zeros((bt, d, A.shape[1]))
     step = functools.partial(_m1_chunk, A=A)
     if _tracing():
         from torch._higher_order_ops.scan import scan
 
-        h, ys = scan(step, h, xs)  # ys [nc,Bt,D,T]
+        h, ys = scan(step, h, xs)  # ys [nc,T,Bt,D]
     else:
         outs = []
         for i in range(xs[0].shape[0]):
             h, y_c = step(h, tuple(x[i] for x in xs))
             outs.append(y_c)
         ys = torch.stack(outs)
-    y = ys.permute(1, 2, 0, 3).reshape(bt, d, -1)[:, :, :L]  # [Bt,D,L]
+    y = _unchunk(ys, L, 0).permute(1, 2, 0)  # [Bt,D,L]
     if D is not None:
         y = y + D.float()[:, None] * uf
     return gate(y, z).to(u.dtype), h
@@ -126,18 +182,17 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
     bt, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     R = H // G
+    _same_len(L, 1, dt, B, C)
     T = _block(L, chunk_size)
-    pad = (-L) % T
     dt = transform_dt(dt.float(), dt_bias, dt_softplus, clamp=(dt_min, dt_max))  # [Bt,L,H]
-    # padded steps get dt = 0 (after the transform): identity steps, so the final state is exact
-    dt = F.pad(dt, (0, 0, 0, pad))
+    # chunks [Bt,c,T,...]; padded steps get dt = 0 (after the transform): identity steps, exact final state
     xf = x.float()
-    X = (F.pad(xf, (0, 0, 0, 0, 0, pad)) * dt[..., None]).reshape(bt, -1, T, G, R, P)  # [Bt,c,T,G,R,P]
-    Bc = F.pad(B.float(), (0, 0, 0, 0, 0, pad)).reshape(bt, -1, T, G, N)  # [Bt,c,T,G,N]
-    Cc = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).reshape(bt, -1, T, G, N)
-    a = (dt * A.float()).reshape(bt, -1, T, H).permute(0, 3, 1, 2)  # [Bt,H,c,T] log-decays
+    nc = _num_chunks(L, T)
+    X = _chunk(xf * dt[..., None], T, 1, nc).unflatten(3, (G, R))  # [Bt,c,T,G,R,P]
+    Bc = _chunk(B.float(), T, 1, nc)  # [Bt,c,T,G,N]
+    Cc = _chunk(C.float(), T, 1, nc)
+    a = _chunk(dt * A.float(), T, 1, nc).permute(0, 3, 1, 2)  # [Bt,H,c,T] log-decays
     a_cs = torch.cumsum(a, dim=-1)
-    nc = a.shape[2]
     grp = (bt, G, R, nc, T)
 
     # 1. within chunks: y_l = sum_{s<=l} (C_l . B_s) exp(a_{s+1} + ... + a_l) X_s
@@ -155,7 +210,7 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
     final = states[:, -1].reshape(bt, H, P, N)
     # 4. the state entering each chunk, decayed to each position and read out by C
     y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, states[:, :-1], torch.exp(a_cs).reshape(grp))
-    y = y.reshape(bt, -1, H, P)[:, :L]
+    y = _unchunk(y, L, 1).reshape(bt, L, H, P)
     if D is not None:
         y = y + D.float()[:, None] * xf
     return gate(y, z).to(x.dtype), final.contiguous()
