@@ -1,0 +1,295 @@
+"""The triton kernels against the sequential reference (float64), on fresh random inputs.
+
+CPU (CI): class TestInterpreter runs every kernel under triton's CPU interpreter (TRITON_INTERPRET=1) on
+small shapes, in a child pytest process (the variable must be set before triton is imported). Not covered
+there: libdevice's fast log2 (the interpreter has no libdevice, so softplus uses numpy's log) and the compiled
+code generation — the `-m gpu` tests cover both on the device.
+
+GPU (`-m gpu`): every op across float32/bfloat16/float16, odd lengths, group counts and chunked prefill.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgeports.errors import EdgeportsError
+from edgeports.kernels import impl_ref
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "NaN in the output"
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def _f64(*ts):
+    return [None if t is None else t.double() for t in ts]
+
+
+# ---- random problems (one place for the CPU and GPU tests) -------------------------------------------
+def scan_case(bt, dim, n, L, dtype, device, *, full=True, gen=None):
+    """Mamba1 selective_scan arguments: every optional input when `full`."""
+    r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    u, delta = r(bt, dim, L).to(dtype), (0.5 * r(bt, dim, L)).to(dtype)
+    A = -torch.rand(dim, n, generator=gen).to(device) * 4 - 0.1
+    B, C = r(bt, n, L).to(dtype), r(bt, n, L).to(dtype)
+    if not full:
+        return dict(u=u, delta=delta, A=A, B=B, C=C)
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=r(dim), z=r(bt, dim, L).to(dtype), delta_bias=0.3 * r(dim),
+                delta_softplus=True, initial_state=r(bt, dim, n))
+
+
+def ssd_case(bt, L, H, P, N, G, dtype, device, *, full=True, dt_max=math.inf, gen=None):
+    """Mamba2 ssd_chunk_scan arguments (chunk_size 16)."""
+    r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    x, dt = r(bt, L, H, P).to(dtype), (0.5 * r(bt, L, H)).to(dtype)
+    A = -torch.rand(H, generator=gen).to(device) * 2 - 0.05
+    B, C = r(bt, L, G, N).to(dtype), r(bt, L, G, N).to(dtype)
+    base = dict(x=x, dt=dt, A=A, B=B, C=C, chunk_size=16, dt_bias=0.3 * r(H), dt_softplus=True, dt_max=dt_max)
+    if not full:
+        return base
+    return dict(base, D=r(H), z=r(bt, L, H, P).to(dtype), initial_state=r(bt, H, P, N))
+
+
+def update_case(bt, H, P, N, G, dtype, device, *, mamba2=True, gen=None):
+    """selective_state_update arguments; Mamba2 style passes A, D, dt_bias as expand()ed views."""
+    r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    if mamba2:
+        A = (-torch.rand(H, generator=gen).to(device) - 0.1).view(H, 1, 1).expand(H, P, N)
+        D, bias = r(H).view(H, 1).expand(H, P), r(H).view(H, 1).expand(H, P)
+    else:
+        A, D, bias = -torch.rand(H, P, N, generator=gen).to(device) * 4, r(H, P), r(H, P)
+    return dict(state=r(bt, H, P, N), x=r(bt, H, P).to(dtype), dt=(0.5 * r(bt, H, P)).to(dtype), A=A,
+                B=r(bt, G, N).to(dtype), C=r(bt, G, N).to(dtype), D=D, z=r(bt, H, P).to(dtype), dt_bias=bias,
+                dt_softplus=True)
+
+
+def conv_case(bt, dim, L, W, dtype, device, *, init=True, gen=None):
+    """causal_conv1d arguments; x is a transposed view of [Bt,L,D] (Mamba2's layout), not contiguous."""
+    r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    return dict(x=r(bt, L, dim).to(dtype).transpose(1, 2), weight=r(dim, W), bias=r(dim),
+                initial_state=r(bt, dim, W - 1).to(dtype) if init else None, activation="silu")
+
+
+def check_scan(impl, case, tol):
+    y, h = impl.selective_scan(**case)
+    yr, hr = impl_ref.selective_scan(*_f64(*(case.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z",
+                                                                      "delta_bias"))),
+                                     case.get("delta_softplus", False), *_f64(case.get("initial_state")))
+    assert y.dtype == case["u"].dtype and h.dtype == torch.float32
+    assert _rel(y, yr) < tol and _rel(h, hr) < tol
+
+
+def check_ssd(impl, case, tol):
+    y, h = impl.ssd_chunk_scan(**case)
+    c = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+    yr, hr = impl_ref.ssd_chunk_scan(**c)
+    assert y.dtype == case["x"].dtype and h.dtype == torch.float32
+    assert _rel(y, yr) < tol and _rel(h, hr) < tol
+
+
+def check_update(impl, case, tol):
+    y, s = impl.selective_state_update(**case)
+    c = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+    yr, sr = impl_ref.selective_state_update(**c)
+    assert y.dtype == case["x"].dtype and s.dtype == torch.float32
+    assert _rel(y, yr) < tol and _rel(s, sr) < tol
+
+
+def check_conv(impl, case, tol):
+    y, s = impl.causal_conv1d(**case)
+    c = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+    yr, sr = impl_ref.causal_conv1d(**c)
+    assert y.shape == case["x"].shape and s.shape == (*case["x"].shape[:2], case["weight"].shape[1] - 1)
+    assert _rel(y, yr) < tol and _rel(s, sr) < tol
+    x1, st = case["x"][:, :, 0], torch.randn_like(s)
+    y1, s1 = impl.causal_conv1d_update(x1, st, case["weight"], case["bias"], case["activation"])
+    y1r, s1r = impl_ref.causal_conv1d_update(*_f64(x1, st, case["weight"], case["bias"]), case["activation"])
+    assert _rel(y1, y1r) < tol and _rel(s1, s1r) < tol
+
+
+def check_chunked(impl, op, case, split, seq_dim):
+    """Prefill in two calls (the first call's final state as the second's initial state) == one call."""
+    kw = {k: v for k, v in case.items() if k != "initial_state"}
+    y, h = getattr(impl, op)(**kw)
+    seq = {"u", "delta", "z", "B", "C"} if op == "selective_scan" else {"x", "dt", "z", "B", "C"}
+    part = lambda a, b: {k: (v.narrow(seq_dim[k], a, b - a) if k in seq else v) for k, v in kw.items()}
+    L = case["u" if op == "selective_scan" else "x"].shape[2 if op == "selective_scan" else 1]
+    y1, h1 = getattr(impl, op)(**part(0, split))
+    y2, h2 = getattr(impl, op)(**part(split, L), initial_state=h1)
+    ydim = 2 if op == "selective_scan" else 1
+    tol = TOL[y.dtype]
+    assert _rel(torch.cat([y1, y2], dim=ydim), y) < tol and _rel(h2, h) < max(tol, 1e-5)
+
+
+SCAN_SEQ = {"u": 2, "delta": 2, "z": 2, "B": 2, "C": 2}
+SSD_SEQ = {"x": 1, "dt": 1, "z": 1, "B": 1, "C": 1}
+
+
+# ---- CPU: the triton interpreter ------------------------------------------------------------------------
+# triton picks the interpreter when a @triton.jit function is defined, its own library included, so the
+# variable must be set before triton is first imported: these tests run in a child pytest process.
+_CHILD = os.environ.get("EDGEPORTS_TRITON_INTERPRETER_CHILD") == "1"
+
+
+def test_interpreter_subprocess():
+    """Runs TestInterpreter in a child process with TRITON_INTERPRET=1; its report is shown on failure."""
+    if _CHILD:
+        pytest.skip("this is the child")
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", EDGEPORTS_TRITON_INTERPRETER_CHILD="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu",
+                        f"{__file__}::TestInterpreter"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout and " skipped" not in r.stdout, r.stdout[-2000:]
+
+
+@pytest.fixture(scope="class")
+def interp():
+    """impl_triton in the interpreter child (CPU tensors)."""
+    from triton.runtime import interpreter
+
+    orig = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        # triton 3.6's interpreter keeps scalars as 1-element arrays, and int() of those is an error from
+        # numpy 2.4 on (a loop with a runtime bound hits it): index through the element instead
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(interpreter, "_patch_lang_tensor", patched)
+        yield importlib.import_module("edgeports.kernels.impl_triton")
+
+
+@pytest.mark.skipif(not _CHILD, reason="run by test_interpreter_subprocess in a TRITON_INTERPRET=1 child")
+class TestInterpreter:
+    """Small shapes, float32 (the interpreter's numpy has no bfloat16 arithmetic worth testing here)."""
+
+    def test_available_says_interpreter(self, interp):
+        ok, reason = interp.available()
+        assert ok and "interpreter" in reason
+
+    @pytest.mark.parametrize("bt,dim,n,L,full", [(2, 10, 16, 37, True), (1, 8, 4, 1, False), (1, 16, 5, 19, True)])
+    def test_selective_scan(self, interp, bt, dim, n, L, full):
+        check_scan(interp, scan_case(bt, dim, n, L, torch.float32, "cpu", full=full), 1e-5)
+
+    def test_selective_scan_chunked_prefill(self, interp):
+        check_chunked(interp, "selective_scan", scan_case(1, 8, 16, 29, torch.float32, "cpu"), 13, SCAN_SEQ)
+
+    @pytest.mark.parametrize("bt,H,P,N,G,mamba2", [(2, 4, 6, 5, 2, True), (1, 1, 40, 16, 1, False)])
+    def test_selective_state_update(self, interp, bt, H, P, N, G, mamba2):
+        check_update(interp, update_case(bt, H, P, N, G, torch.float32, "cpu", mamba2=mamba2), 1e-5)
+
+    @pytest.mark.parametrize("bt,L,H,P,N,G,full,dt_max", [(2, 37, 4, 8, 16, 2, True, math.inf),
+                                                           (1, 1, 2, 16, 16, 1, False, math.inf),
+                                                           (1, 50, 2, 20, 12, 1, True, 0.5)])
+    def test_ssd_chunk_scan(self, interp, bt, L, H, P, N, G, full, dt_max):
+        check_ssd(interp, ssd_case(bt, L, H, P, N, G, torch.float32, "cpu", full=full, dt_max=dt_max), 1e-5)
+
+    def test_ssd_chunked_prefill(self, interp):
+        check_chunked(interp, "ssd_chunk_scan", ssd_case(1, 40, 2, 8, 16, 1, torch.float32, "cpu"), 21, SSD_SEQ)
+
+    @pytest.mark.parametrize("L,W,init", [(37, 4, True), (1, 4, True), (2, 4, False), (70, 3, True)])
+    def test_causal_conv1d(self, interp, L, W, init):
+        check_conv(interp, conv_case(2, 6, L, W, torch.float32, "cpu", init=init), 1e-5)
+
+    def test_refuses_float64(self, interp):
+        with pytest.raises(EdgeportsError, match="float64"):
+            interp.causal_conv1d(torch.zeros(1, 2, 3, dtype=torch.float64), torch.zeros(2, 4))
+
+
+def test_unavailable_on_cpu_says_why(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from edgeports.kernels import impl_triton
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    ok, reason = impl_triton.available()
+    assert not ok and reason
+
+
+# ---- GPU ------------------------------------------------------------------------------------------------
+def _poison():
+    """Fill freed cached blocks with NaN, so an output element the kernel never writes cannot pass."""
+    torch.full((1 << 26,), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+
+
+@pytest.fixture
+def gpu():
+    from edgeports.kernels import impl_triton
+
+    ok, reason = impl_triton.available()
+    if not ok:
+        pytest.skip(reason)
+    _poison()
+    return impl_triton
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bt,dim,n,L,full", [(2, 130, 16, 1, True), (1, 77, 16, 1000, True), (2, 64, 5, 257, False),
+                                             (1, 5120, 16, 333, True)])
+def test_gpu_selective_scan(gpu, dtype, bt, dim, n, L, full):
+    check_scan(gpu, scan_case(bt, dim, n, L, dtype, "cuda", full=full), TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bt,L,H,P,N,G,full", [(1, 1, 4, 64, 128, 1, True), (2, 333, 8, 64, 64, 2, True),
+                                               (1, 1000, 80, 64, 128, 1, True), (1, 300, 6, 24, 16, 3, False),
+                                               (2, 513, 4, 32, 128, 4, True)])
+def test_gpu_ssd_chunk_scan(gpu, dtype, bt, L, H, P, N, G, full):
+    check_ssd(gpu, ssd_case(bt, L, H, P, N, G, dtype, "cuda", full=full), TOL[dtype])
+
+
+@pytest.mark.gpu
+def test_gpu_ssd_dt_limits(gpu):
+    check_ssd(gpu, ssd_case(1, 300, 4, 64, 64, 1, torch.bfloat16, "cuda", dt_max=0.1), TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bt,H,P,N,G,mamba2", [(1, 1, 5120, 16, 1, False), (3, 80, 64, 128, 1, True),
+                                               (2, 8, 48, 64, 4, True), (1, 24, 64, 128, 8, True)])
+def test_gpu_selective_state_update(gpu, dtype, bt, H, P, N, G, mamba2):
+    check_update(gpu, update_case(bt, H, P, N, G, dtype, "cuda", mamba2=mamba2), TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bt,dim,L,W,init", [(1, 5120, 1, 4, True), (2, 333, 1000, 4, True), (1, 64, 3, 4, False),
+                                             (2, 100, 129, 2, True)])
+def test_gpu_causal_conv1d(gpu, dtype, bt, dim, L, W, init):
+    check_conv(gpu, conv_case(bt, dim, L, W, dtype, "cuda", init=init), TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_chunked_prefill(gpu, dtype):
+    check_chunked(gpu, "selective_scan", scan_case(1, 256, 16, 1000, dtype, "cuda"), 389, SCAN_SEQ)
+    check_chunked(gpu, "ssd_chunk_scan", ssd_case(1, 1000, 8, 64, 128, 1, dtype, "cuda"), 389, SSD_SEQ)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_dispatch_uses_triton(gpu):
+    """impl=None on CUDA tensors goes through the custom op to these kernels, and matches impl='triton'."""
+    import edgeports.kernels as K
+
+    case = scan_case(1, 64, 16, 100, torch.bfloat16, "cuda")
+    y_auto, h_auto = K.selective_scan(**case)
+    y_tri, h_tri = K.selective_scan(**case, impl="triton")
+    assert torch.equal(y_auto, y_tri) and torch.equal(h_auto, h_tri)
+    assert K.available_impls()["triton"][0]
