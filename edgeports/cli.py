@@ -124,6 +124,18 @@ def export(model, backend, out, dtype, max_len, device, seed, weights):
     click.echo(f"exported {spec.name} ({options.dtype}) for {backend} to {art.path} in {art.export_s:.1f} s")
 
 
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--backend", default=None, help="Fail unless the artifact was exported for this backend.")
+def inspect(artifact, backend):
+    """Verify an artifact directory (manifest, file hashes) and summarise it."""
+    from edgeports.exporters.base import read_artifact
+
+    art = read_artifact(artifact, backend=backend)
+    click.echo(f"{art.path}: {art.backend} artifact of {art.spec.name} ({art.spec.arch}, {art.dtype}), "
+               f"max_len {art.options.max_len}, {len(art.files)} file(s) verified, created {art.created_at}")
+
+
 def _sweep_options(f):
     """The `run` options, defaults taken from SweepConfig."""
     d = DEFAULTS

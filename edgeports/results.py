@@ -134,6 +134,7 @@ def export_rows(rows: list[Row], out: str | Path, fmt: str) -> Path:
             pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
         tmp.replace(out)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():
+            tmp.unlink()
         raise EdgeportsError(f"cannot write {out}: {e.strerror or e}") from None
     return out

@@ -269,7 +269,8 @@ def _job(cells: list[Cell], config: SweepConfig, artifacts: Path) -> dict[str, A
     c = cells[0]
     return {"model": c.model, "backend": c.backend, "device": c.device, "dtype": c.dtype, "seed": config.seed,
             "weights": config.weights, "batch": c.batch, "mem_budget": c.mem_budget, "artifacts": str(artifacts),
-            "max_len": max(x.prompt_len + x.decode_len for x in cells)}
+            "max_len": max(x.prompt_len + x.decode_len for x in cells),
+            "prefill_modes": sorted({x.prefill_mode for x in cells})}
 
 
 def run_group(cells: list[Cell], config: SweepConfig, artifacts: Path, logs: Path, emit: Emit,

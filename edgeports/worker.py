@@ -5,7 +5,7 @@ worker answers on its original stdout (fd 1 is pointed at stderr, so library pri
 the protocol):
 
     parent -> {"model", "backend", "device", "dtype", "seed", "weights", "batch", "max_len",
-               "mem_budget", "artifacts"}
+               "prefill_modes", "mem_budget", "artifacts"}
     worker -> {"type": "ready", "export_s", "export_reused", "load_s"}
            or {"type": "load_failed", "status": "error"|"oom"|"skipped", "reason"}  (then exits)
     parent -> {"id", "prompt_len", "decode_len", "prefill_mode", "repeats", "warmup"}   (repeated)
@@ -14,7 +14,8 @@ the protocol):
 
 The worker never decides what to run next, never touches the results store and never retries:
 the parent schedules cells, enforces timeouts and records crashes. `EDGEPORTS_FAULT` is a test
-hook: `kill:<prompt_len>` SIGKILLs the worker and `hang:<prompt_len>` stalls it when that cell starts.
+hook: comma-separated `kill:<prompt_len>` (SIGKILL the worker), `hang:<prompt_len>` (stall) and
+`raise:<prompt_len>` (raise inside the cell) directives act when a cell of that length starts.
 """
 
 from __future__ import annotations
@@ -41,31 +42,43 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()[:500]
 
 
-def apply_mem_budget(budget: int | None, device: str) -> str | None:
-    """Cap this process: RLIMIT_AS = current address space + budget on the CPU (so the budget is what
-    the model, its state and activations may add), the allocator fraction on CUDA. Returns a note."""
+def apply_mem_budget(budget: int | None, device: str, weight_bytes: int) -> None:
+    """Cap what the loaded model may use from here on, so that weights + state + activations fit
+    `budget` bytes: the torch allocator's per-process fraction on CUDA (weights are already in it);
+    on the CPU RLIMIT_AS = current address space + budget - weights (imports, thread stacks and
+    malloc arenas already mapped are not counted). Called after loading and a tiny warm-up."""
     if not budget:
-        return None
+        return
     import torch
 
-    from edgeports.measure.memory import vm_size
+    from edgeports.errors import EdgeportsError
+    from edgeports.measure.memory import format_bytes, vm_size
 
+    if budget < weight_bytes:
+        raise MemoryError(f"the weights ({format_bytes(weight_bytes)}) exceed the memory budget ({format_bytes(budget)})")
     if device.startswith("cuda"):
         free, total = torch.cuda.mem_get_info(torch.device(device))
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), torch.device(device))
-        return f"cuda allocator capped at {budget} of {total} bytes"
-    limit = (vm_size() or 0) + budget
+        return
+    now = vm_size()
+    if now is None:
+        raise EdgeportsError("--mem-budget on the CPU needs /proc/self/status (Linux)")
+    limit = now + budget - weight_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return f"RLIMIT_AS {limit} bytes"
 
 
 def _fault(prompt_len: int) -> None:
-    action, _, at = os.environ.get(FAULT_ENV, "").partition(":")
-    if at and at.isdigit() and int(at) == prompt_len:
+    """The EDGEPORTS_FAULT test hook: comma-separated `<action>:<prompt_len>` directives."""
+    for directive in os.environ.get(FAULT_ENV, "").split(","):
+        action, _, at = directive.partition(":")
+        if not (at.isdigit() and int(at) == prompt_len):
+            continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        if action == "hang":
+        elif action == "hang":
             time.sleep(3600)
+        elif action == "raise":
+            raise RuntimeError(f"injected fault at prompt length {prompt_len}")
 
 
 class Worker:
@@ -80,7 +93,9 @@ class Worker:
         """Export (or reuse) the artifact and load the runner; the 'ready' message."""
         from edgeports.backends import get_backend
         from edgeports.exporters.base import ExportOptions
+        from edgeports.measure.cell import prompt_ids
         from edgeports.models import get_spec
+        from edgeports.runners.base import parse_prefill_mode
 
         job = self.job
         self.spec = get_spec(job["model"])
@@ -91,9 +106,17 @@ class Worker:
         t0 = time.perf_counter()
         self.runner = self.backend.load(artifact, job["device"])
         self.runner.sync()
-        self.artifact = artifact
-        return {"type": "ready", "export_s": artifact.export_s, "export_reused": int(reused),
-                "load_s": time.perf_counter() - t0}
+        load_s = time.perf_counter() - t0
+        # parity builds an fp32 reference: do it before the budget applies, then let the runner start
+        # its thread pools (a tiny prefill) so that they are not charged to the budget either
+        for mode in job["prefill_modes"]:
+            self.check_parity(parse_prefill_mode(mode))
+        self.runner.prefill(prompt_ids(self.spec.config["vocab_size"], job["batch"], 8, self.runner.device), None)
+        self.runner.decode(1)
+        self.runner.reset()
+        _release(job["device"])
+        apply_mem_budget(job.get("mem_budget"), job["device"], self.runner.weight_bytes)
+        return {"type": "ready", "export_s": artifact.export_s, "export_reused": int(reused), "load_s": load_s}
 
     def check_parity(self, chunk: int | None) -> Any:
         """Parity against eager fp32 with identical weights, once per prefill chunking."""
@@ -140,10 +163,10 @@ class Worker:
         from edgeports.platform import device_memory_reader, energy_reader
         from edgeports.runners.base import parse_prefill_mode
 
-        _fault(cell["prompt_len"])
         msg: dict[str, Any] = {"type": "row", "id": cell["id"], "status": "ok", "reason": None}
         meter = None
         try:
+            _fault(cell["prompt_len"])
             chunk = parse_prefill_mode(cell["prefill_mode"])
             self.backend.caps.check(self.backend.name, self.job["device"], self.options.dtype, cell["prefill_mode"])
             par = self.check_parity(chunk)
@@ -179,8 +202,13 @@ def _status(e: BaseException) -> str:
 
 
 def _reason(e: BaseException) -> str:
-    """One line; user errors need no exception type in front of their message."""
-    return str(e).strip().splitlines()[0][:500] if _is_user_error(e) and str(e).strip() else _one_line(e)
+    """One line; user errors and OOMs need no exception type in front of their message."""
+    from edgeports.measure import is_oom
+
+    text = str(e).strip().splitlines()[0][:500] if str(e).strip() else ""
+    if is_oom(e):
+        return f"out of memory: {text}" if text else "out of memory"
+    return text if _is_user_error(e) and text else _one_line(e)
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -207,7 +235,6 @@ def main() -> int:
     job = json.loads(sys.stdin.readline())
     worker = Worker(job)
     try:
-        apply_mem_budget(job.get("mem_budget"), job["device"])
         _send(out, worker.load())
     except Exception as e:
         if _status(e) == "error" and not _is_user_error(e):
