@@ -1,0 +1,135 @@
+"""TensorRT exporter: the unavailable path (CI), the ONNX preparation for the parser, the profiles, and
+(`-m trt`, where TensorRT and a GPU exist) real exports of tiny SSM models with and without the plugins."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from edgeports.cli import main
+from edgeports.errors import EdgeportsError
+from edgeports.exporters import trt as trt_exporter
+from edgeports.exporters.base import ExportOptions
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _exit_code(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code, capsys.readouterr()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here: the unavailable path cannot be shown")
+def test_unavailable_says_why_and_how(capsys, monkeypatch):
+    ok, reason = trt_exporter.available()
+    assert not ok and "tensorrt is not importable" in reason and "make image-x86" in reason
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per backend
+    assert main(["backends"]) is None
+    row = next(line for line in capsys.readouterr().out.splitlines() if "│ trt" in line)
+    assert "│ no" in row and "tensorrt is not importable" in row
+    code, out = _exit_code(["export", "--model", "tiny-llama", "--backend", "trt"], capsys)
+    lines = out.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "not available" in lines[0] and "container" in lines[0]
+
+
+def _node(op, inputs, **attrs):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, [f"{op}_y", f"{op}_s"], domain="ai.edgeports", **attrs)
+
+
+def _attrs(node):
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_prepare_for_parser_drops_absent_inputs_and_names_the_plugin():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [_node("SelectiveScan", ["u", "d", "A", "B", "C", "", "z", "", ""], delta_softplus=1),
+             _node("CausalConv1d", ["x", "w", "b"], activation="silu"),
+             _node("SelectiveStateUpdate", ["s", "x", "dt", "A", "B", "C", "D", "", "dtb"], dt_softplus=1),
+             helper.make_node("Relu", ["x"], ["r"])]
+    names = ["u", "d", "A", "B", "C", "z", "x", "w", "b", "s", "dt", "D", "dtb"]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in names],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.edgeports", 1)])
+    assert trt_exporter.prepare_for_parser(model) == 3
+    ss, conv, ssu, relu = model.graph.node
+    assert list(ss.input) == ["u", "d", "A", "B", "C", "z"] and _attrs(ss)["present"] == 0b0010
+    assert _attrs(ss)["delta_softplus"] == 1 and _attrs(ss)["plugin_namespace"] == b"edgeports"
+    assert list(conv.input) == ["x", "w", "b"] and _attrs(conv)["present"] == 0b01
+    assert list(ssu.input) == ["s", "x", "dt", "A", "B", "C", "D", "dtb"] and _attrs(ssu)["present"] == 0b101
+    assert not relu.attribute
+    assert trt_exporter.prepare_for_parser(model) == 3  # idempotent: no duplicate attributes
+    assert _attrs(model.graph.node[0])["present"] == 0b0010 and len(model.graph.node[0].attribute) == 4
+    onnx.checker.check_model(model)
+
+
+def test_prepare_for_parser_rejects_bad_nodes():
+    pytest.importorskip("onnx")
+    from onnx import helper
+
+    for node in (_node("SelectiveScan", ["u", "", "A", "B", "C"]), _node("Mystery", ["x"])):
+        model = helper.make_model(helper.make_graph([node], "g", [], []))
+        with pytest.raises(EdgeportsError):
+            trt_exporter.prepare_for_parser(model)
+
+
+def test_length_buckets_cover_every_prefill_length():
+    for max_len, opts in [(8192, (256, 4096)), (100, (256, 4096)), (4096, (256, 4096)), (3000, (512,))]:
+        buckets = trt_exporter.length_buckets(max_len, opts)
+        assert buckets[0][0] == 1 and buckets[-1][2] == max_len
+        for (_, _, hi), (lo, _, _) in zip(buckets, buckets[1:], strict=False):
+            assert lo == hi + 1
+        assert all(lo <= opt <= hi for lo, opt, hi in buckets)
+    assert trt_exporter.opt_lens(ExportOptions(extra=(("trt_opt_lens", "64,1024"),))) == (64, 1024)
+    with pytest.raises(EdgeportsError):
+        trt_exporter.opt_lens(ExportOptions(extra=(("trt_opt_lens", "lots"),)))
+
+
+def test_profile_shapes_fix_states_and_vary_ids():
+    sig = {"inputs": [{"name": "ids", "dims": ["B", "L"]}, {"name": "layers.0.ssm", "dims": ["B", 8, 4]},
+                      {"name": "pos", "dims": [1]}]}
+    states = {"layers.0.ssm": (1, 8, 4)}
+    shapes = trt_exporter._profile_shapes(sig, "prefill", 1, states, (1, 256, 256))
+    assert shapes["ids"] == ((1, 1), (1, 256), (1, 256)) and shapes["layers.0.ssm"] == ((1, 8, 4),) * 3
+    assert shapes["pos"] == ((1,),) * 3
+    assert trt_exporter._profile_shapes(sig, "decode", 1, states, (1, 256, 256))["ids"] == ((1, 1),) * 3
+    sig["inputs"].append({"name": "mystery", "dims": ["N"]})
+    with pytest.raises(EdgeportsError, match="mystery"):
+        trt_exporter._profile_shapes(sig, "prefill", 1, states, (1, 256, 256))
+
+
+# ---- with TensorRT ---------------------------------------------------------------------------------
+@pytest.mark.trt
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["tiny-mamba", "tiny-mamba2"])
+@pytest.mark.parametrize("mode", ["plugin", "onnx-ops"])
+def test_export_builds_engines_and_matches_eager(tmp_path, model, mode):
+    if not trt_exporter.available()[0]:
+        pytest.skip(trt_exporter.available()[1])
+    import torch
+
+    from edgeports.backends import get_backend
+    from edgeports.models import get_spec
+
+    spec = get_spec(model)
+    opts = ExportOptions(dtype="float32", max_len=512, extra=(("trt_ssm", mode),))
+    art = get_backend("trt").export(spec, tmp_path / "a", opts)
+    assert {"prefill.engine", "decode.engine"} <= set(art.files)
+    assert ("libedgeports_trt_plugins.so" in art.files) == (mode == "plugin")
+    assert art.versions["compute_capability"] and art.versions["tensorrt"]
+    assert art.shape_ranges["trt_ssm"] == mode and (mode == "onnx-ops" or all(art.shape_ranges["plugin_nodes"].values()))
+    runner = get_backend("trt").load(art, "cuda")
+    eager = get_backend("eager").load(get_backend("eager").export(spec, tmp_path / "e", opts), "cuda")
+    ids = torch.randint(0, spec.config["vocab_size"], (1, 300), device="cuda")
+    for chunk in (None, 128):
+        torch.testing.assert_close(runner.prefill(ids, chunk=chunk), eager.prefill(ids, chunk=chunk),
+                                   rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(runner.decode(4), eager.decode(4), rtol=1e-3, atol=1e-3)
