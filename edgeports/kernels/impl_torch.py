@@ -19,8 +19,6 @@ not prove anything about L % T, which its solver cannot (see _num_chunks and _ch
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -122,15 +120,21 @@ def _linear_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return a, b
 
 
-def _m1_chunk(h: torch.Tensor, xs: tuple[torch.Tensor, ...], A: torch.Tensor):
-    """One chunk, time-major: h [Bt,D,N]; dt, dtu [T,Bt,D]; B, C [T,Bt,N] -> (h at the chunk end, y [T,Bt,D])."""
+def _m1_chunk(carry: tuple[torch.Tensor, torch.Tensor], xs: tuple[torch.Tensor, ...]):
+    """One chunk, time-major. carry: (h [Bt,D,N], A [D,N]); xs: dt, dtu [T,Bt,D], B, C [T,Bt,N].
+    -> ((h at the chunk end, A), y [T,Bt,D]).
+
+    A rides in the carry rather than a closure: `scan` traces its body with dynamo, which cannot lift a
+    closed-over constant tensor under export. Carries may not alias outputs, hence the clones.
+    """
+    h, A = carry
     dt, dtu, B, C = xs
     a = torch.exp(dt[..., None] * A)  # [T,Bt,D,N]
     b = dtu[..., None] * B[:, :, None, :]  # [T,Bt,D,N]
     a, b = _linear_scan(a, b)
     hs = a * h + b  # [T,Bt,D,N]: the state after every step of the chunk
     y = (hs * C[:, :, None, :]).sum(-1)  # [T,Bt,D]
-    return hs[-1].clone(), y  # clone: scan forbids a carry aliasing an output
+    return (hs[-1].clone(), A.clone()), y
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
@@ -144,15 +148,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     # time-major chunks [nc,T,Bt,*]; padded steps get dt = 0: decay 1, input 0, the state is unchanged
     xs = tuple(_chunk(t.permute(2, 0, 1), T, 0, nc) for t in (dt, dt * uf, B.float(), C.float()))
     h = initial_state.float() if initial_state is not None else uf.new_zeros((bt, d, A.shape[1]))
-    step = functools.partial(_m1_chunk, A=A)
     if _tracing():
         from torch._higher_order_ops.scan import scan
 
-        h, ys = scan(step, h, xs)  # ys [nc,T,Bt,D]
+        (h, _), ys = scan(_m1_chunk, (h, A), xs)  # ys [nc,T,Bt,D]
     else:
         outs = []
         for i in range(xs[0].shape[0]):
-            h, y_c = step(h, tuple(x[i] for x in xs))
+            (h, _), y_c = _m1_chunk((h, A), tuple(x[i] for x in xs))
             outs.append(y_c)
         ys = torch.stack(outs)
     y = _unchunk(ys, L, 0).permute(1, 2, 0)  # [Bt,D,L]
