@@ -64,7 +64,7 @@ def _conv_fwd(
 def conv_config(dim: int, L: int) -> dict:
     """Tile [BLOCK_D, BLOCK_T]: 16-byte rows along time when L is long, more channels when it is short."""
     block_t = max(16, min(128, triton.next_power_of_2(L)))
-    return dict(BLOCK_D=max(1, 4096 // block_t), BLOCK_T=block_t, num_warps=4)
+    return dict(BLOCK_D=max(1, 2048 // block_t), BLOCK_T=block_t, num_warps=4)
 
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, config: dict | None = None):
