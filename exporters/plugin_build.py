@@ -47,6 +47,17 @@ def nvcc() -> str | None:
     return None
 
 
+def cuda_include() -> str | None:
+    """The CUDA toolkit's include directory (for host compilers that include cuda_runtime_api.h)."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if nvcc():
+        roots.insert(0, str(Path(nvcc()).resolve().parent.parent))
+    for root in filter(None, roots):
+        if (Path(root) / "include" / "cuda_runtime_api.h").is_file():
+            return str(Path(root) / "include")
+    return None
+
+
 def cache_dir() -> Path:
     """Where built libraries are cached ($EDGEPORTS_CACHE or ~/.cache/edgeports)."""
     return Path(os.environ.get("EDGEPORTS_CACHE", Path.home() / ".cache" / "edgeports")) / "plugins"

@@ -17,9 +17,9 @@ import textwrap
 
 import pytest
 import torch
-from edgeports.exporters import plugin_build
 
 from edgeports import kernels
+from edgeports.exporters import plugin_build
 from edgeports.kernels import impl_cuda
 
 STRUCTS = {
@@ -91,6 +91,9 @@ def test_kernels_build_and_validate_without_gpu(built_kernels):
 
 
 def _tensorrt_include() -> str | None:
+    """TensorRT's include directory (or $EDGEPORTS_TRT_INCLUDE: any header set declaring its plugin API)."""
+    if os.environ.get("EDGEPORTS_TRT_INCLUDE"):
+        return os.environ["EDGEPORTS_TRT_INCLUDE"]
     roots = [os.environ.get(plugin_build.ENV_TRT_ROOT, ""), "/usr", "/usr/local/tensorrt"]
     for root in filter(None, roots):
         for inc in (f"{root}/include", f"{root}/include/x86_64-linux-gnu", f"{root}/include/aarch64-linux-gnu"):
@@ -100,9 +103,9 @@ def _tensorrt_include() -> str | None:
 
 
 @pytest.mark.skipif(_tensorrt_include() is None, reason="TensorRT headers not found (set TENSORRT_ROOT)")
-@pytest.mark.skipif(plugin_build.nvcc() is None, reason="nvcc not found (the plugins include cuda_runtime.h)")
+@pytest.mark.skipif(plugin_build.cuda_include() is None, reason="CUDA headers not found (the plugins include them)")
 def test_plugin_sources_compile_against_tensorrt_headers():
-    cuda_inc = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(plugin_build.nvcc()))), "include")
+    cuda_inc = plugin_build.cuda_include()
     for src in plugin_build.plugin_sources():
         subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
                         "-I", _tensorrt_include(), "-I", cuda_inc, "-I", str(plugin_build.PLUGIN_DIR / "include"),
@@ -242,3 +245,109 @@ def test_causal_conv1d_and_update(cuda_impl, dtype, shape, full):
                                                  "silu" if full else None, impl=cuda_impl)
         _close(yt, ey[:, :, t], dtype)
     assert state.dtype == s0.dtype
+
+
+# ---- GPU: the plugins themselves, driven through the calls an engine makes (no TensorRT builder) ------
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    inc = _tensorrt_include()
+    if inc is None or plugin_build.nvcc() is None:
+        pytest.skip("needs TensorRT headers (TENSORRT_ROOT / EDGEPORTS_TRT_INCLUDE) and nvcc")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    out = tmp_path_factory.mktemp("harness") / "harness.so"
+    link = []
+    if not os.environ.get("EDGEPORTS_TRT_INCLUDE"):  # real TensorRT: getPluginRegistry lives in libnvinfer
+        libdirs = [os.path.join(os.path.dirname(inc.rstrip("/")), d) for d in ("lib", "lib64")]
+        link = [f"-L{d}" for d in libdirs + ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]] + ["-lnvinfer"]
+    src = plugin_build.PLUGIN_DIR
+    subprocess.run([plugin_build.nvcc(), "-O2", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
+                    f"-gencode=arch=compute_{plugin_build.current_arch()},code=sm_{plugin_build.current_arch()}",
+                    "-I", inc, "-I", str(src / "include"), *map(str, plugin_build.kernel_sources()),
+                    *map(str, plugin_build.plugin_sources()), str(src / "tests" / "plugin_harness.cpp"), "-o", str(out),
+                    *link], check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.ep_harness_run.restype = ctypes.c_int
+    return lib
+
+
+def _run_plugin(lib, op, inputs, outputs, softplus=0, dt_min=0.0, dt_max=float("inf"), activation=""):
+    """inputs: the contract's inputs in order, None where absent; outputs: (y, state) to fill."""
+    kept = [t for t in inputs if t is not None]
+    req = {"SelectiveScan": 5, "SsdChunkScan": 5, "SelectiveStateUpdate": 6, "CausalConv1d": 2,
+           "CausalConv1dUpdate": 3}[op]
+    present = sum(1 << i for i, t in enumerate(inputs[req:]) if t is not None)
+    n = len(kept)
+    dims = (ctypes.c_int64 * (8 * n))()
+    for i, t in enumerate(kept):
+        dims[8 * i: 8 * i + t.dim()] = list(t.shape)
+    odims = (ctypes.c_int64 * 16)()
+    for i, t in enumerate(outputs):
+        odims[8 * i: 8 * i + t.dim()] = list(t.shape)
+    code = lambda t: impl_cuda._DTYPES[t.dtype]
+    err = ctypes.create_string_buffer(512)
+    rc = lib.ep_harness_run(
+        op.encode(), present, softplus, ctypes.c_float(dt_min), ctypes.c_float(dt_max), activation.encode(), n,
+        (ctypes.c_int32 * n)(*[t.dim() for t in kept]), dims, (ctypes.c_int32 * n)(*map(code, kept)),
+        (ctypes.c_void_p * n)(*[t.data_ptr() for t in kept]), (ctypes.c_int32 * 2)(*[t.dim() for t in outputs]),
+        odims, (ctypes.c_int32 * 2)(*map(code, outputs)), (ctypes.c_void_p * 2)(*[t.data_ptr() for t in outputs]),
+        ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), err, 512)
+    assert rc == 0, err.value.decode()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", [0, 1])
+def test_plugins_enqueue_match_ref(harness, dtype, variant):
+    """Each plugin with a gap in its optional inputs (variant 0) or all of them (1), incl. broadcast A/D."""
+    g = torch.Generator(device="cuda").manual_seed(7 + variant)
+    r = lambda *s, dt=dtype: torch.randn(*s, generator=g, device="cuda").to(dt)
+    f32 = torch.float32
+    full = variant == 1
+    # SelectiveScan: variant 0 passes D and initial_state only (present = 0b1001)
+    bt, d, n, L = 2, 40, 16, 600
+    u, delta, z, B, C = r(bt, d, L), (r(bt, d, L, dt=f32) * 0.5 - 1).to(dtype), r(bt, d, L), r(bt, n, L), r(bt, n, L)
+    A, D, bias, h0 = -torch.exp(r(d, n, dt=f32) * 0.5), r(d, dt=f32), r(d, dt=f32) * 0.1, r(bt, d, n, dt=f32)
+    ins = [u, delta, A, B, C, D, z if full else None, bias if full else None, h0]
+    outs = [torch.empty_like(u), torch.empty(bt, d, n, device="cuda")]
+    _run_plugin(harness, "SelectiveScan", ins, outs, softplus=1)
+    ey, eh = _ref("selective_scan", *ins[:5], D=ins[5], z=ins[6], delta_bias=ins[7], delta_softplus=True,
+                  initial_state=ins[8])
+    _close(outs[0], ey, dtype)
+    _close(outs[1], eh, dtype, state=True)
+    # SsdChunkScan: variant 0 passes z and dt_bias only (0b0110)
+    bt, L, h, p, ng, n = 1, 300, 4, 16, 2, 32
+    x, dt, zz, Bs, Cs = r(bt, L, h, p), (r(bt, L, h, dt=f32) * 0.5 - 1).to(dtype), r(bt, L, h, p), r(bt, L, ng, n), r(bt, L, ng, n)
+    As, Ds, bs, hs0 = -torch.exp(r(h, dt=f32)), r(h, dt=f32), r(h, dt=f32) * 0.1, r(bt, h, p, n, dt=f32)
+    ins = [x, dt, As, Bs, Cs, Ds if full else None, zz, bs, hs0 if full else None]
+    outs = [torch.empty_like(x), torch.empty(bt, h, p, n, device="cuda")]
+    _run_plugin(harness, "SsdChunkScan", ins, outs, softplus=1, dt_min=0.001, dt_max=0.4)
+    ey, eh = _ref("ssd_chunk_scan", *ins[:5], 64, D=ins[5], z=ins[6], dt_bias=ins[7], dt_softplus=True, dt_min=0.001,
+                  dt_max=0.4, initial_state=ins[8])
+    _close(outs[0], ey, dtype)
+    _close(outs[1], eh, dtype, state=True)
+    # SelectiveStateUpdate: per-head A [H,1,1] and D/dt_bias [H,1], broadcast by the plugin's strides
+    bt, h, p, ng, n = 2, 4, 8, 2, 64
+    st0, xs, dts, zs = r(bt, h, p, n, dt=f32), r(bt, h, p), r(bt, h, p), r(bt, h, p)
+    Au, Du, bu = -torch.exp(r(h, 1, 1, dt=f32)), r(h, 1, dt=f32), r(h, 1, dt=f32)
+    ins = [st0, xs, dts, Au, r(bt, ng, n), r(bt, ng, n), Du, zs if full else None, bu]
+    outs = [torch.empty_like(xs), torch.empty(bt, h, p, n, device="cuda")]
+    _run_plugin(harness, "SelectiveStateUpdate", ins, outs, softplus=1)
+    ey, es = _ref("selective_state_update", *ins[:6], D=ins[6], z=ins[7], dt_bias=ins[8], dt_softplus=True)
+    _close(outs[0], ey, dtype)
+    _close(outs[1], es, dtype, state=True)
+    # CausalConv1d (+ update): variant 0 has an initial state but no bias (0b10)
+    bt, d, L, w = 2, 24, 300, 4
+    xc, wc, bc, sc = r(bt, d, L), r(d, w), r(d), r(bt, d, w - 1)
+    ins = [xc, wc, bc if full else None, sc]
+    outs = [torch.empty_like(xc), torch.empty(bt, d, w - 1, device="cuda", dtype=dtype)]
+    _run_plugin(harness, "CausalConv1d", ins, outs, activation="silu")
+    ey, es = _ref("causal_conv1d", xc, wc, bias=ins[2], initial_state=sc, activation="silu")
+    _close(outs[0], ey, dtype)
+    _close(outs[1], es, dtype)
+    ins = [xc[:, :, 0].contiguous(), sc, wc, bc if full else None]
+    outs = [torch.empty(bt, d, device="cuda", dtype=dtype), torch.empty_like(sc)]
+    _run_plugin(harness, "CausalConv1dUpdate", ins, outs, activation="silu" if full else "")
+    ey, es = _ref("causal_conv1d_update", ins[0], sc, wc, bias=ins[3], activation="silu" if full else None)
+    _close(outs[0], ey, dtype)
+    _close(outs[1], es, dtype)

@@ -28,6 +28,42 @@ __device__ __forceinline__ void st(void* p, int dt, int64_t i, float v) {
     else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
 }
 
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Calls f(ptr) with the pointer cast to the dtype's element type, so loops inside f see one fixed type.
+template <typename F>
+__device__ __forceinline__ void with_type(const void* p, int dt, F&& f) {
+    if (dt == EP_F32) f(static_cast<const float*>(p));
+    else if (dt == EP_F16) f(static_cast<const __half*>(p));
+    else f(static_cast<const __nv_bfloat16*>(p));
+}
+
+// Cooperative tile load: tile element i in [0, n) is t[gidx(i)] as float (0 where gidx(i) < 0), handed to
+// store(i, v). Each thread issues its loads 8 at a time before storing any, so their latencies overlap;
+// a plain load-then-store loop would wait out every load in turn.
+template <typename Index, typename Store>
+__device__ __forceinline__ void load_tile(const ep_in& t, int n, Index gidx, Store store) {
+    const int tid = threadIdx.x, nt = blockDim.x;
+    with_type(t.data, t.dtype, [&](auto src) {
+        for (int base = tid; base < n; base += 8 * nt) {
+            float v[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const int i = base + k * nt;
+                const int64_t g = i < n ? gidx(i) : -1;
+                v[k] = g >= 0 ? to_f(src[g]) : 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const int i = base + k * nt;
+                if (i < n) store(i, v[k]);
+            }
+        }
+    });
+}
+
 // torch.nn.functional.softplus with beta=1, threshold=20.
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 

@@ -44,36 +44,31 @@ __global__ void __launch_bounds__(kThreads) selective_scan_kernel(ep_selective_s
         h[n] = h0;
     }
     const float Dd = active ? ld_or(p.D, d, 0.f) : 0.f;
+    const float bias = active ? ld_or(p.delta_bias, d, 0.f) : 0.f;
     const bool has_z = FINAL && p.z.data != nullptr;
     float dt_sum = 0.f;
 
     for (int64_t t0 = t_begin; t0 < t_end; t0 += kTile) {
         const int tl = static_cast<int>(t_end - t0 < kTile ? t_end - t0 : kTile);
-        for (int i = tid; i < kThreads * kTile; i += kThreads) {
+        // [channel, time] tiles of u, delta (raw: bias and softplus are applied by the owning thread), z
+        auto row_g = [&](int i) -> int64_t {
             const int r = i / kTile, tt = i % kTile;
-            const int dd = d0 + r;
-            const bool ok = dd < p.dim && tt < tl;
-            const int64_t g = (b * p.dim + dd) * L + t0 + tt;
-            float u = 0.f, dt = 0.f;
-            if (ok) {
-                u = ld(p.u.data, p.u.dtype, g);
-                dt = ld(p.delta.data, p.delta.dtype, g) + ld_or(p.delta_bias, dd, 0.f);
-                if (p.delta_softplus) dt = softplus(dt);
-            }
-            s_u[r][tt] = u;
-            s_dt[r][tt] = dt;
-            if (has_z) s_z[r][tt] = ok ? ld(p.z.data, p.z.dtype, g) : 0.f;
-        }
-        for (int i = tid; i < NMAX * kTile; i += kThreads) {
+            return (d0 + r < p.dim && tt < tl) ? (b * p.dim + d0 + r) * L + t0 + tt : -1;
+        };
+        load_tile(p.u, kThreads * kTile, row_g, [&](int i, float v) { s_u[i / kTile][i % kTile] = v; });
+        load_tile(p.delta, kThreads * kTile, row_g, [&](int i, float v) { s_dt[i / kTile][i % kTile] = v; });
+        if (has_z) load_tile(p.z, kThreads * kTile, row_g, [&](int i, float v) { s_z[i / kTile][i % kTile] = v; });
+        // [state, time] tiles of B and C, shared by all channels of the batch row
+        auto bc_g = [&](int i) -> int64_t {
             const int n = i / kTile, tt = i % kTile;
-            const bool ok = n < N && tt < tl;
-            const int64_t g = (b * N + n) * L + t0 + tt;
-            s_B[n][tt] = ok ? ld(p.B.data, p.B.dtype, g) : 0.f;
-            if (FINAL) s_C[n][tt] = ok ? ld(p.C.data, p.C.dtype, g) : 0.f;
-        }
+            return (n < N && tt < tl) ? (b * N + n) * L + t0 + tt : -1;
+        };
+        load_tile(p.B, NMAX * kTile, bc_g, [&](int i, float v) { s_B[i / kTile][i % kTile] = v; });
+        if (FINAL) load_tile(p.C, NMAX * kTile, bc_g, [&](int i, float v) { s_C[i / kTile][i % kTile] = v; });
         __syncthreads();
         for (int tt = 0; tt < tl; ++tt) {
-            const float dt = s_dt[tid][tt];
+            float dt = s_dt[tid][tt] + bias;
+            if (p.delta_softplus) dt = softplus(dt);
             const float u = s_u[tid][tt];
             const float du = dt * u;
             float acc = 0.f;

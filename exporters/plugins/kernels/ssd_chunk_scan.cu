@@ -82,13 +82,13 @@ __global__ void ssd_kernel(ep_ssd_params p, SsdShape sh, ChunkWork w) {
 
     for (int64_t t0 = t_begin; t0 < t_end; t0 += TT) {
         const int tl = static_cast<int>(t_end - t0 < TT ? t_end - t0 : TT);
-        for (int i = tid; i < TT * PT; i += blockDim.x) {
+        // [time, p] tiles of x and z for this block's p range
+        auto x_g = [&](int i) -> int64_t {
             const int tt = i / PT, q = i % PT;
-            const bool ok = tt < tl && p0 + q < P;
-            const int64_t gi = (((b * L + t0 + tt) * H) + h) * P + p0 + q;
-            s_x[i] = ok ? ld(p.x.data, p.x.dtype, gi) : 0.f;
-            if (has_z) s_z[i] = ok ? ld(p.z.data, p.z.dtype, gi) : 0.f;
-        }
+            return (tt < tl && p0 + q < P) ? (((b * L + t0 + tt) * H) + h) * P + p0 + q : -1;
+        };
+        load_tile(p.x, TT * PT, x_g, [&](int i, float v) { s_x[i] = v; });
+        if (has_z) load_tile(p.z, TT * PT, x_g, [&](int i, float v) { s_z[i] = v; });
         for (int tt = tid; tt < TT; tt += blockDim.x) {
             float dt = 0.f;
             if (tt < tl) {
@@ -99,13 +99,13 @@ __global__ void ssd_kernel(ep_ssd_params p, SsdShape sh, ChunkWork w) {
             s_dt[tt] = dt;
             s_dA[tt] = expf(dt * Ah);
         }
-        for (int i = tid; i < TT * N; i += blockDim.x) {
+        // [time, state] tiles of this head's group of B and C
+        auto bc_g = [&](int i) -> int64_t {
             const int tt = i / N, n = i % N;
-            const bool ok = tt < tl;
-            const int64_t gi = ((b * L + t0 + tt) * p.ngroups + g) * N + n;
-            s_B[i] = ok ? ld(p.B.data, p.B.dtype, gi) : 0.f;
-            if (FINAL) s_C[i] = ok ? ld(p.C.data, p.C.dtype, gi) : 0.f;
-        }
+            return tt < tl ? ((b * L + t0 + tt) * p.ngroups + g) * N + n : -1;
+        };
+        load_tile(p.B, TT * N, bc_g, [&](int i, float v) { s_B[i] = v; });
+        if (FINAL) load_tile(p.C, TT * N, bc_g, [&](int i, float v) { s_C[i] = v; });
         __syncthreads();
         for (int tt = 0; tt < tl; ++tt) {
             const float dA = s_dA[tt];
