@@ -34,8 +34,9 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
-    """Write the eager artifact: manifest (+ model.safetensors unless the weights are seeded random)."""
+def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions, *, backend: str = NAME) -> Artifact:
+    """Write the eager artifact: manifest (+ model.safetensors unless the weights are seeded random).
+    `backend` names another backend that runs the same artifact (torch.compile's JIT mode)."""
     t0 = time.perf_counter()
     spec = resolve_spec(source)
     with stage(out_dir) as tmp:
@@ -50,7 +51,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         else:
             # only the layout is needed; building on the meta device costs no memory or time
             lm = _meta_lm(spec, options.dtype)
-        art = write_manifest(tmp, Path(out_dir), backend=NAME, spec=spec, options=options,
+        art = write_manifest(tmp, Path(out_dir), backend=backend, spec=spec, options=options,
                              state_layout=layout_json(lm.state_layout(options.batch, options.max_len)),
                              shape_ranges={"batch": [1, options.batch], "max_len": None},
                              versions=library_versions("safetensors"), export_s=time.perf_counter() - t0)
