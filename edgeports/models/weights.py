@@ -27,12 +27,17 @@ _DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat1
                 "fp16": "float16", "bf16": "bfloat16"}
 
 
+def _hf_json_floats(obj: dict):
+    # transformers writes non-finite floats as {"__float__": "Infinity"} (e.g. Mamba2's time_step_limit)
+    return float(obj["__float__"]) if obj.keys() == {"__float__"} else obj
+
+
 def _read_config(path: Path) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise EdgeportsError(f"{path} has no config.json (expected a local Hugging Face checkpoint directory)")
     try:
-        return json.loads(cfg_file.read_text())
+        return json.loads(cfg_file.read_text(), object_hook=_hf_json_floats)
     except json.JSONDecodeError as e:
         raise EdgeportsError(f"{cfg_file} is not valid JSON: {e}") from None
 

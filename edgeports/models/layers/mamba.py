@@ -1,0 +1,110 @@
+"""The Mamba (v1) mixer, as transformers' MambaMixer computes it, and the residual block SSM models share.
+
+    in_proj -> [x | z];  x -> causal conv1d (silu) -> x_proj -> [dt_rank | B | C];  dt = dt_proj.weight @ dt_rank
+    y = selective_scan(x, dt, A = -exp(A_log), B, C, D, z, delta_bias = dt_proj.bias, softplus)  -> out_proj
+
+State slots: "conv" [B, D_inner, W-1] (the last W-1 conv inputs, model dtype) and "ssm" [B, D_inner, N]
+(float32). Prefill runs edgeports.kernels.causal_conv1d + selective_scan; decode causal_conv1d_update +
+selective_state_update (H=1, P=D_inner, one group). Parameter names follow transformers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from edgeports import kernels
+from edgeports.models.lm import Block, Ctx
+from edgeports.models.state import StateSlot
+
+
+def conv_slot(conv: nn.Conv1d, batch: int) -> StateSlot:
+    """The "conv" slot of a depthwise conv: the last W-1 inputs of each channel, in the weights' dtype."""
+    return StateSlot("conv", "conv", (batch, conv.in_channels, conv.kernel_size[0] - 1), conv.weight.dtype)
+
+
+def run_conv(conv: nn.Conv1d, x: torch.Tensor, state: torch.Tensor, ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv + SiLU over x[B,C,L] continuing `state` [B,C,W-1] -> (y[B,C,L], new state)."""
+    weight = conv.weight[:, 0]  # [C,W]
+    if ctx.decode:
+        y, state = kernels.causal_conv1d_update(x[:, :, 0], state, weight, conv.bias, "silu")
+        return y[:, :, None], state
+    return kernels.causal_conv1d(x, weight, conv.bias, None if ctx.first else state, "silu")
+
+
+def inverse_softplus_dt(n: int, lo: float = 1e-3, hi: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
+    """A dt bias whose softplus is log-uniform in [lo, hi] (the Mamba init; random weights stay realistic)."""
+    dt = torch.exp(torch.rand(n) * (math.log(hi) - math.log(lo)) + math.log(lo)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def depthwise_conv(channels: int, width: int, bias: bool) -> nn.Conv1d:
+    """The conv1d module of Mamba mixers (HF layout: weight [C,1,W]); only its parameters are used."""
+    return nn.Conv1d(channels, channels, width, groups=channels, bias=bias, padding=width - 1)
+
+
+class MambaMixer(nn.Module):
+    """Mamba1 selective-SSM mixer: x[B,L,H] -> y[B,L,H] with conv and ssm states."""
+
+    def __init__(self, hidden: int, d_inner: int, d_state: int = 16, d_conv: int = 4, dt_rank: int | None = None,
+                 conv_bias: bool = True, bias: bool = False):
+        super().__init__()
+        self.d_inner, self.d_state = d_inner, d_state
+        self.dt_rank = dt_rank or -(-hidden // 16)
+        self.in_proj = nn.Linear(hidden, 2 * d_inner, bias=bias)
+        self.conv1d = depthwise_conv(d_inner, d_conv, conv_bias)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus_dt(d_inner))
+        # S4D-real init (A = -[1..N] per channel), as transformers initialises it
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, hidden, bias=bias)
+
+    def state_slots(self, batch: int, max_len: int) -> list[StateSlot]:
+        """conv [B,D_inner,W-1] (model dtype), ssm [B,D_inner,N] float32."""
+        return [conv_slot(self.conv1d, batch),
+                StateSlot("ssm", "ssm", (batch, self.d_inner, self.d_state), torch.float32)]
+
+    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x[B,L,H], [conv, ssm] -> y[B,L,H], [conv, ssm]."""
+        conv_state, ssm_state = states
+        xz = self.in_proj(x).transpose(1, 2)  # [B,2D,L]
+        xs, z = xz.chunk(2, dim=1)  # [B,D,L] each
+        xs, conv_state = run_conv(self.conv1d, xs, conv_state, ctx)
+        ts, B, C = self.x_proj(xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (ts @ self.dt_proj.weight.t()).transpose(1, 2)  # [B,D,L]: the bias goes to the scan
+        A = -torch.exp(self.A_log.float())  # [D,N]
+        D, dt_bias = self.D.float(), self.dt_proj.bias.float()
+        if ctx.decode:  # one step: H=1 head of P=D_inner channels, one group; B, C [B,1,N] as they are
+            y, ssm = kernels.selective_state_update(ssm_state[:, None], xs.transpose(1, 2), dt.transpose(1, 2),
+                                                    A[None], B, C, D[None], z.transpose(1, 2), dt_bias[None], True)
+            y, ssm_state = y.transpose(1, 2), ssm[:, 0]  # [B,D,1], [B,D,N]
+        else:
+            y, ssm_state = kernels.selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias,
+                                                  True, None if ctx.first else ssm_state)
+        return self.out_proj(y.transpose(1, 2)), [conv_state, ssm_state]
+
+
+class ResidualMixerBlock(Block):
+    """x + mixer(norm(x)), as MambaBlock / Mamba2Block: with residual_in_fp32 the residual stream is float32
+    from the first block on (the norm and mixer still run in the weights' dtype)."""
+
+    def __init__(self, norm: nn.Module, mixer: nn.Module, residual_in_fp32: bool = True):
+        super().__init__()
+        self.norm = norm
+        self.mixer = mixer
+        self.residual_in_fp32 = residual_in_fp32
+
+    def state_slots(self, batch: int, max_len: int) -> list[StateSlot]:
+        """The mixer's slots."""
+        return self.mixer.state_slots(batch, max_len)
+
+    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x[B,L,H] -> x[B,L,H] (float32 if residual_in_fp32), new states."""
+        h, states = self.mixer(self.norm(x.to(self.norm.weight.dtype)), states, ctx)
+        residual = x.float() if self.residual_in_fp32 else x
+        return residual + h, states
