@@ -110,31 +110,32 @@ def build_kernels(archs: list[str] | None = None, out_dir: Path | None = None, f
     return out
 
 
+def _prebuilt(env: str, name: str) -> Path | None:
+    """The library named by $env (which must exist), else a CMake build in exporters/plugins/build, else None."""
+    path = os.environ.get(env)
+    if path:
+        if not Path(path).is_file():
+            raise EdgeportsError(f"{env}={path} does not exist")
+        return Path(path)
+    built = PLUGIN_DIR / "build" / name
+    return built if built.is_file() else None
+
+
 def find_kernels(build: bool = True) -> Path:
-    """The kernels library to load: $EDGEPORTS_SSM_KERNELS, else a CMake build in exporters/plugins/build,
-    else the nvcc build for the current GPU (built now if `build`)."""
-    env = os.environ.get(ENV_KERNELS)
-    if env:
-        if not Path(env).is_file():
-            raise EdgeportsError(f"{ENV_KERNELS}={env} does not exist")
-        return Path(env)
-    cmake_built = PLUGIN_DIR / "build" / KERNELS_LIB
-    if cmake_built.is_file():
-        return cmake_built
+    """The kernels library to load: $EDGEPORTS_SSM_KERNELS_LIB or a CMake build, else the plugin library
+    ($EDGEPORTS_TRT_PLUGIN_LIB, which the containers install, or a CMake build: it exports the same C entry
+    points), else the nvcc build for the current GPU (built now if `build`)."""
+    found = _prebuilt(ENV_KERNELS, KERNELS_LIB) or _prebuilt(ENV_PLUGINS, PLUGINS_LIB)
+    if found is not None:
+        return found
     if not build:
         raise EdgeportsError(f"{KERNELS_LIB} is not built (set {ENV_KERNELS} or build with nvcc)")
     return build_kernels()
 
 
 def find_plugins() -> Path | None:
-    """A prebuilt TensorRT plugin library ($EDGEPORTS_TRT_PLUGINS or exporters/plugins/build), or None."""
-    env = os.environ.get(ENV_PLUGINS)
-    if env:
-        if not Path(env).is_file():
-            raise EdgeportsError(f"{ENV_PLUGINS}={env} does not exist")
-        return Path(env)
-    built = PLUGIN_DIR / "build" / PLUGINS_LIB
-    return built if built.is_file() else None
+    """A prebuilt TensorRT plugin library ($EDGEPORTS_TRT_PLUGIN_LIB or exporters/plugins/build), or None."""
+    return _prebuilt(ENV_PLUGINS, PLUGINS_LIB)
 
 
 def build_plugins(archs: list[str] | None = None, build_dir: Path | None = None) -> Path:

@@ -191,29 +191,26 @@ def length_buckets(max_len: int, opt_lens: tuple[int, ...] = DEFAULT_OPT_LENS) -
     return out
 
 
-def _profile_shapes(sig: dict, graph: str, batch: int, state_shapes: dict[str, tuple[int, ...]],
+def _profile_shapes(sig: dict, graph: str, batch: int, state_shapes: list[tuple[int, ...]],
                     bucket: tuple[int, int, int]) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """min/opt/max shape of every input: the token ids vary in length (prefill), states are fixed."""
-    shapes = {}
-    for i, inp in enumerate(sig["inputs"]):
-        if inp["name"] in state_shapes:
-            s = state_shapes[inp["name"]]
-            shapes[inp["name"]] = (s, s, s)
-        elif i == 0:  # the token ids [B, L]
-            lens = bucket if graph == "prefill" else (1, 1, 1)
-            shapes[inp["name"]] = tuple((batch, n) for n in lens)
-        elif all(isinstance(d, int) and d > 0 for d in inp["dims"]):
-            s = tuple(inp["dims"])
-            shapes[inp["name"]] = (s, s, s)
-        else:
-            raise EdgeportsError(f"{graph}.onnx input {inp['name']!r} has dynamic dims {inp['dims']} that are "
-                                 "neither the token ids nor a state slot of the manifest")
+    """min/opt/max shape of every input. The graphs take [ids, *state] (the LM's forward signature): the
+    token ids [B, L] vary in length (prefill) and state i has the manifest layout's shape i."""
+    inputs = sig["inputs"]
+    if len(inputs) != len(state_shapes) + 1:
+        raise EdgeportsError(f"{graph}.onnx has {len(inputs)} inputs; expected the token ids and "
+                             f"{len(state_shapes)} state tensors of the manifest layout")
+    lens = bucket if graph == "prefill" else (1, 1, 1)
+    shapes = {inputs[0]["name"]: tuple((batch, n) for n in lens)}
+    for inp, s in zip(inputs[1:], state_shapes, strict=True):
+        if len(inp["dims"]) != len(s) or any(isinstance(d, int) and d > 0 and d != n for d, n in zip(inp["dims"], s, strict=True)):
+            raise EdgeportsError(f"{graph}.onnx input {inp['name']!r} has dims {inp['dims']}, the layout says {list(s)}")
+        shapes[inp["name"]] = (s, s, s)
     return shapes
 
 
 # ---- engine building ------------------------------------------------------------------------------
 def build_engine(onnx_path: Path, sig: dict, graph: str, options: ExportOptions,
-                 state_shapes: dict[str, tuple[int, ...]], timing_cache: Path) -> bytes:
+                 state_shapes: list[tuple[int, ...]], timing_cache: Path) -> bytes:
     """Parse one ONNX graph and build its serialized engine."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -278,7 +275,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         extra = {k: v for k, v in options.extra if not k.startswith("trt_") and k != "onnx_ssm"}
         onnx_opts = replace(options, extra=tuple({**extra, **({"onnx_ssm": "custom"} if mode == "plugin" else {})}.items()))
         onnx_art = _onnx_exporter().export(source, tmp / "onnx", onnx_opts)
-        state_shapes = {s["name"]: tuple(s["shape"]) for s in onnx_art.state_layout}
+        state_shapes = [tuple(s["shape"]) for s in onnx_art.state_layout]
         signatures, nodes = {}, {}
         for graph in GRAPHS:
             model = onnx.load(str(onnx_art.file(f"{graph}.onnx")))

@@ -94,15 +94,17 @@ def test_length_buckets_cover_every_prefill_length():
 
 
 def test_profile_shapes_fix_states_and_vary_ids():
-    sig = {"inputs": [{"name": "ids", "dims": ["B", "L"]}, {"name": "layers.0.ssm", "dims": ["B", 8, 4]},
-                      {"name": "pos", "dims": [1]}]}
-    states = {"layers.0.ssm": (1, 8, 4)}
+    sig = {"inputs": [{"name": "ids", "dims": ["B", "L"]}, {"name": "state_0", "dims": ["B", 8, 4]},
+                      {"name": "state_1", "dims": [1]}]}
+    states = [(1, 8, 4), (1,)]
     shapes = trt_exporter._profile_shapes(sig, "prefill", 1, states, (1, 256, 256))
-    assert shapes["ids"] == ((1, 1), (1, 256), (1, 256)) and shapes["layers.0.ssm"] == ((1, 8, 4),) * 3
-    assert shapes["pos"] == ((1,),) * 3
+    assert shapes["ids"] == ((1, 1), (1, 256), (1, 256)) and shapes["state_0"] == ((1, 8, 4),) * 3
+    assert shapes["state_1"] == ((1,),) * 3
     assert trt_exporter._profile_shapes(sig, "decode", 1, states, (1, 256, 256))["ids"] == ((1, 1),) * 3
+    with pytest.raises(EdgeportsError, match="state_0"):
+        trt_exporter._profile_shapes(sig, "prefill", 1, [(1, 9, 4), (1,)], (1, 256, 256))
     sig["inputs"].append({"name": "mystery", "dims": ["N"]})
-    with pytest.raises(EdgeportsError, match="mystery"):
+    with pytest.raises(EdgeportsError, match="expected the token ids"):
         trt_exporter._profile_shapes(sig, "prefill", 1, states, (1, 256, 256))
 
 
