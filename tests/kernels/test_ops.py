@@ -207,3 +207,16 @@ def test_torch_ssd_exports_with_dynamic_length():
         _, b, _ = _cases(L=L)[2]
         _assert_all_close(ep.module()(b[0], b[1], b[3], b[4], b[7], b[12]),
                           K.ssd_chunk_scan(b[0], b[1], A, b[3], b[4], cs, D, b[7], bias, sp, lo, hi, b[12], impl="ref"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,args,shapes", CASES, ids=[c[0] for c in CASES])
+def test_mamba_ssm_matches_ref(name, args, shapes):
+    ok, reason = K.available_impls()["mamba_ssm"]
+    if not ok:
+        pytest.skip(reason)
+    if name == "selective_scan":
+        args = args[:-1] + (None,)  # selective_scan_fn takes no initial state
+    cuda = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    out = [o.cpu() for o in getattr(K, name)(*cuda, impl="mamba_ssm")]
+    _assert_all_close(out, getattr(K, name)(*args, impl="ref"))
