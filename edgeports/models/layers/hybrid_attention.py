@@ -89,8 +89,10 @@ def _write(cache: torch.Tensor, new: torch.Tensor, positions: torch.Tensor, n_si
     if n_sink:
         cache[:, :, :n_sink] = new[:, :, :n_sink]
     rest, rest_pos = new[:, :, n_sink:], positions[n_sink:]
-    if rest.shape[2] > ring:
-        rest, rest_pos = rest[:, :, -ring:], rest_pos[-ring:]
+    # the newest min(n, ring) of them, selected without branching on n (a symbolic n stays exportable)
+    n = rest.shape[2]
+    keep = torch.arange(torch.sym_min(n, ring), device=new.device) + (n - torch.sym_min(n, ring))
+    rest, rest_pos = rest.index_select(2, keep), rest_pos.index_select(0, keep)
     cache.index_copy_(2, sink + (rest_pos - sink) % ring, rest)
 
 
@@ -111,8 +113,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caches: 
     can_wrap = layout.window is not None and ring >= layout.window
     if ctx.first and not ctx.decode:
         # a fresh state: attend over the new tokens alone (causal SDPA unless the window cuts in)
-        mask = None if layout.window is None or L <= layout.window else visible(positions, positions,
-                                                                                  layout.window, sink)
+        # (an exported graph cannot branch on a symbolic L: it takes the mask whenever the window is
+        # shorter than the cache)
+        exporting = torch.compiler.is_exporting()
+        banded = layout.window is not None and (layout.window < k_cache.shape[2] if exporting else L > layout.window)
+        mask = visible(positions, positions, layout.window, sink) if banded else None
         att = Attended(k, v, mask)
         _write(k_cache, k, positions, n_sink, sink, ring)
         _write(v_cache, v, positions, n_sink, sink, ring)
@@ -133,9 +138,20 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caches: 
 
 
 def shared_attention(q: torch.Tensor, att: Attended, scaling: float) -> torch.Tensor:
-    """q[B,H,L,dk] over another layer's keys/values -> y[B,H,L,dv]."""
-    gqa = q.shape[1] != att.k.shape[1]
-    if att.mask is None:
-        return F.scaled_dot_product_attention(q, att.k, att.v, is_causal=q.shape[2] > 1, scale=scaling,
-                                              enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, att.k, att.v, attn_mask=att.mask, scale=scaling, enable_gqa=gqa)
+    """q[B,H,L,dk] over another layer's keys/values -> y[B,H,L,dv].
+
+    Values wider than the keys (Hymba: dv = 2 dk) are attended in dk-wide slices, as the remote code does
+    for flex attention: flash kernels need equal head dims, and torch.export cannot trace SDPA's math
+    path with unequal ones and a dynamic length.
+    """
+    dk, dv = q.shape[-1], att.v.shape[-1]
+    if dv != dk and dv % dk == 0:
+        return torch.cat([_sdpa(q, att.k, v, att.mask, scaling) for v in att.v.split(dk, dim=-1)], dim=-1)
+    return _sdpa(q, att.k, att.v, att.mask, scaling)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float):
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=scaling, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
