@@ -117,6 +117,27 @@ def hf_fallback(module: str, name: str):
     return inspect.unwrap(getattr(importlib.import_module(f"transformers.models.{module}"), name))
 
 
+def kernel_breakdown(fn, reps: int = 3, top: int = 8) -> list[tuple[str, float, int]]:
+    """GPU kernels run by fn(): (name, ms per call, launches per call), largest first (torch.profiler)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    agg: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            a = agg.setdefault(e.name, [0.0, 0])
+            a[0] += e.device_time_total / 1e3 / reps
+            a[1] += 1
+    rows = sorted(((k[:60], v[0], round(v[1] / reps)) for k, v in agg.items()), key=lambda r: -r[1])
+    return rows[:top]
+
+
 def fmt_ratio(other_ms: float | None, ms: float) -> str:
     """'3.2x' = the other implementation takes 3.2 times as long as triton."""
     return "-" if other_ms is None else f"{other_ms / ms:.2f}x"

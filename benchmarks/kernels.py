@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import fmt_ratio, graph_each, hf_fallback, load_peer, median_ms, peaks  # noqa: E402
+from _bench import fmt_ratio, graph_each, hf_fallback, kernel_breakdown, load_peer, median_ms, peaks  # noqa: E402
 
 from edgeports import kernels  # noqa: E402
 from edgeports.lens import parse_lens  # noqa: E402
@@ -180,25 +180,55 @@ def gemm_ms(L, shapes):
     return total
 
 
-def sweep(m1, m2, L):
-    """Block-size variants of the two prefill kernels at one length (printed; the defaults come from here)."""
-    from edgeports.kernels import triton_scan, triton_ssd
+def _show_breakdown(label, fn):
+    print(f"  kernels of {label}:")
+    for name, ms, n in kernel_breakdown(fn):
+        print(f"    {ms:8.4f} ms  x{n:<4} {name}")
+
+
+def sweep(m1, m2, L, peer):
+    """Block-size variants of the kernels at one length and the per-kernel time split (printed; the defaults
+    come from here)."""
+    from edgeports.kernels import triton_conv, triton_scan, triton_ssd
 
     print(f"\nconfig sweep at L={L} (ms)")
     kw = mamba1_scan(m1, L)
-    for bd, bt, nw in [(4, 8, 1), (8, 8, 1), (8, 16, 1), (16, 8, 1), (16, 8, 2), (32, 8, 1)]:
-        cfg = dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=nw)
-        ms = median_ms(lambda cfg=cfg: triton_scan.selective_scan(**kw, config=cfg))[0]
+    for bd, bt, nw, v1 in [(8, 8, 1, True), (8, 16, 1, True), (4, 8, 1, False), (8, 8, 1, False), (4, 16, 1, False),
+                           (8, 16, 1, False), (16, 8, 1, False)]:
+        cfg = dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=nw, v1=v1)
+        ms = median_ms(lambda cfg=cfg: triton_scan.selective_scan(**kw, config=dict(cfg)))[0]
         print(f"  selective_scan {cfg}: {ms:.4f}")
+    _show_breakdown("selective_scan triton", lambda: kernels.selective_scan(**kw, impl="triton"))
     kw2 = mamba2_ssd(m2, L)
-    for T, bm, bk, nw, ns in [(256, 64, 64, 4, 2), (256, 64, 32, 4, 3), (256, 128, 64, 8, 2), (128, 64, 64, 4, 2),
-                              (256, 64, 64, 4, 3), (128, 32, 32, 4, 2)]:
+    for T, bm, bk, nw, ns in [(256, 64, 64, 4, 2), (256, 64, 32, 4, 3), (256, 64, 32, 4, 4), (256, 128, 32, 8, 3),
+                              (128, 64, 32, 4, 3), (512, 64, 32, 4, 3)]:
         cfg = dict(T=T, BLOCK_M=bm, BLOCK_K=bk, num_warps=nw, num_stages=ns)
         try:
             ms = median_ms(lambda cfg=cfg: triton_ssd.ssd_chunk_scan(**kw2, config=cfg))[0]
             print(f"  ssd_chunk_scan {cfg}: {ms:.4f}")
         except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
             print(f"  ssd_chunk_scan {cfg}: failed ({type(e).__name__}: {str(e)[:80]})")
+    _show_breakdown("ssd_chunk_scan triton", lambda: kernels.ssd_chunk_scan(**kw2, impl="triton"))
+    if peer is not None:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        _show_breakdown("mamba_chunk_scan_combined", lambda: mamba_chunk_scan_combined(
+            kw2["x"], kw2["dt"], kw2["A"], kw2["B"], kw2["C"], kw2["chunk_size"], D=kw2["D"], dt_bias=kw2["dt_bias"],
+            dt_softplus=True, return_final_states=True))
+    for name, x in (("mamba1 conv (L-contiguous)", _r(1, 2 * m1["intermediate_size"], L)[:, :m1["intermediate_size"]]),
+                    ("mamba2 conv (D-contiguous)", _r(1, L, 5376).transpose(1, 2))):
+        w, b = _r(x.shape[1], 4), _r(x.shape[1])
+        for bd, bt in [(16, 128), (32, 64), (64, 32), (128, 16)]:
+            cfg = dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=4)
+            ms = median_ms(lambda cfg=cfg, x=x, w=w, b=b: triton_conv.causal_conv1d(x, w, b, None, "silu", config=cfg))[0]
+            print(f"  {name} {cfg}: {ms:.4f}")
+    for bt, H, P, N, G, m2style in [(1, 1, 5120, 16, 1, False), (1, 80, 64, 128, 1, True), (64, 80, 64, 128, 1, True)]:
+        sets = min(256, max(2, math.ceil(200e6 / (bt * H * P * N * 4))))
+        cases = [decode_case(H, P, N, G, bt, m2style) for _ in range(sets)]
+        for elems, nw in [(512, 4), (1024, 4), (2048, 4), (2048, 8), (4096, 8)]:
+            cfg = dict(BLOCK_P=max(1, min(P, elems // N)), num_warps=nw)
+            ms = graph_each(cases, lambda c, cfg=cfg: triton_scan.selective_state_update(**c, config=cfg))
+            print(f"  state_update b={bt} H={H} {cfg}: {ms * 1e3:.2f} us")
 
 
 def main(argv=None):
@@ -207,7 +237,9 @@ def main(argv=None):
     ap.add_argument("--peer", default=None, help="mamba-ssm sdist for the peer build (optional column)")
     ap.add_argument("--hf-max", type=int, default=4096, help="longest L for transformers' fallback (it is slow)")
     ap.add_argument("--torch-max", type=int, default=16384, help="longest L for the torch implementation")
-    ap.add_argument("--sweep", action="store_true", help="also time block-size variants at 16k")
+    ap.add_argument("--sweep", action="store_true", help="also time block-size variants (and per-kernel splits)")
+    ap.add_argument("--sweep-len", type=int, default=16384)
+    ap.add_argument("--no-table", action="store_true", help="only the sweep")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -223,12 +255,12 @@ def main(argv=None):
     H2, P2, N2, G2 = m2["num_heads"], m2["head_dim"], m2["state_size"], m2["n_groups"]
     d2 = m2["expand"] * m2["hidden_size"]
     rows1, rows2 = [], []
-    for L in lens:
+    for L in ([] if args.no_table else lens):
         kw = mamba1_scan(m1, L)
         t = time_all(scan_impls(kw, L, args, peer))
         nb = 2 * (3 * D1 * L + 2 * N1 * L + D1 * L) + 8 * D1 * N1
         rows1.append(row("selective_scan", f"L={L}", t, nb, 7 * D1 * N1 * L, pk,
-                         f"{D1 * N1 * L / t['triton'] / 1e9:.0f} Gexp/s"))
+                         f"{D1 * N1 * L / t['triton'] / 1e6:.0f} Gexp/s"))
         x = _r(1, 2 * D1, L)[:, :D1]
         t = time_all(conv_impls(x, _r(D1, 4), _r(D1), L, args))
         rows1.append(row("causal_conv1d", f"L={L}", t, 4 * D1 * L, 8 * D1 * L, pk))
@@ -250,7 +282,7 @@ def main(argv=None):
         rows2.append(row("causal_conv1d", f"L={L}", t, 4 * cdim * L, 8 * cdim * L, pk))
         del kw, x
         torch.cuda.empty_cache()
-    for bt in (1, 64):
+    for bt in (() if args.no_table else (1, 64)):
         rows1.append(decode_update_row(pk, peer, bt, 1, D1, N1, 1, False))
         rows2.append(decode_update_row(pk, peer, bt, H2, P2, N2, G2, True))
         rows1.append(decode_conv_row(pk, bt, D1))
@@ -259,7 +291,7 @@ def main(argv=None):
     print_table(f"mamba2-2.7b layer ({H2} heads x {P2}, d_state {N2}, {G2} group), batch 1 prefill / decode, bf16",
                 rows2)
     if args.sweep:
-        sweep(m1, m2, 16384)
+        sweep(m1, m2, args.sweep_len, peer)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(peaks=pk, mamba1=rows1, mamba2=rows2), indent=1))
 

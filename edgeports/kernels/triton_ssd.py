@@ -118,11 +118,22 @@ def _state_pass(
         s = tl.load(s0_ptr + (b * H + h) * PN + offs, mask=mask, other=0.0)
     else:
         s = tl.zeros((BLOCK,), dtype=tl.float32)
+    # chunk c+1's inputs are loaded during iteration c (the loop is a chain of dependent steps, so each
+    # iteration would otherwise wait a full memory latency)
+    stride_c = H * PN
+    off = (b * NCHUNK * H + h) * PN + offs  # [Bt, NCHUNK, H, P*N] at chunk 0
+    cs_row = cs_ptr + (b * H + h) * NCHUNK * T + T - 1  # each chunk's total log-decay
+    st_n = tl.load(st_ptr + off, mask=mask, other=0.0)
+    cs_n = tl.load(cs_row)
     for c in range(NCHUNK):
-        off = ((b * NCHUNK + c) * H + h) * PN + offs  # [Bt, NCHUNK, H, P*N]
+        st_c, cs_c = st_n, cs_n
+        more = c + 1 < NCHUNK
+        st_n = tl.load(st_ptr + off + stride_c, mask=mask & more, other=0.0)
+        cs_n = tl.load(cs_row + T, mask=more, other=0.0)
         tl.store(prev_ptr + off, s.to(prev_ptr.dtype.element_ty), mask=mask)
-        decay = tl.exp2(tl.load(cs_ptr + ((b * H + h) * NCHUNK + c) * T + T - 1) * LOG2E)
-        s = decay * s + tl.load(st_ptr + off, mask=mask, other=0.0)
+        s = tl.exp2(cs_c * LOG2E) * s + st_c
+        off += stride_c
+        cs_row += T
     tl.store(fin_ptr + (b * H + h) * PN + offs, s, mask=mask)
 
 
@@ -189,8 +200,8 @@ def ssd_config(L: int, P: int, N: int, dtype: torch.dtype) -> dict:
     T = 256 if dtype != torch.float32 else 64
     T = min(T, max(16, triton.next_power_of_2(L)))
     bm = min(64, T)
-    return dict(T=T, BLOCK_M=bm, BLOCK_K=bm, BLOCK_P=min(64, max(16, triton.next_power_of_2(P))),
-                num_warps=4, num_stages=2)
+    return dict(T=T, BLOCK_M=bm, BLOCK_K=min(32, bm), BLOCK_P=min(64, max(16, triton.next_power_of_2(P))),
+                num_warps=4, num_stages=3)
 
 
 def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_min=0.0,
@@ -227,7 +238,7 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
                        device=x.device)
     final = torch.empty((bt, H, P, N), **f32)
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
-    blk = 1024
+    blk = cfg.get("PASS_BLOCK", 512)
     _state_pass[(triton.cdiv(P * N, blk), bt * H)](
         states, cs, s0, prev, final, H, P * N, nchunk, T=T, HAS_S0=s0 is not None, BLOCK=blk, num_warps=4,
     )

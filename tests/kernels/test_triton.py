@@ -38,7 +38,9 @@ def _f64(*ts):
 def scan_case(bt, dim, n, L, dtype, device, *, full=True, gen=None):
     """Mamba1 selective_scan arguments: every optional input when `full`."""
     r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    # without softplus, delta is used as is: keep it positive (decays < 1), or 16-bit outputs overflow
     u, delta = r(bt, dim, L).to(dtype), (0.5 * r(bt, dim, L)).to(dtype)
+    delta = delta if full else delta.abs()
     A = -torch.rand(dim, n, generator=gen).to(device) * 4 - 0.1
     B, C = r(bt, n, L).to(dtype), r(bt, n, L).to(dtype)
     if not full:
