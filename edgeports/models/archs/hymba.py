@@ -28,12 +28,17 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edgeports import kernels
 from edgeports.errors import EdgeportsError
 from edgeports.models.layers.hybrid_attention import KVLayout, cached_attention, shared_attention
+from edgeports.models.layers.mamba import (
+    conv_slot,
+    depthwise_conv,
+    inverse_softplus_dt,
+    run_conv,
+    selective_ssm,
+)
 from edgeports.models.layers.mlp import GatedMLP
 from edgeports.models.layers.norm import RMSNorm
 from edgeports.models.layers.rope import RopeConfig, RotaryEmbedding, apply_rotary
@@ -103,7 +108,7 @@ class HymbaMixer(nn.Module):
         H, heads = c["hidden_size"], c["num_attention_heads"]
         self.d_inner = D = int(c.get("mamba_expand", 2) * H)
         self.heads, self.head_dim, self.v_head_dim = heads, H // heads, D // heads
-        self.n_state = N = c.get("mamba_d_state", 16)
+        self.d_state = N = c.get("mamba_d_state", 16)
         rank = c.get("mamba_dt_rank", "auto")
         self.dt_rank = R = math.ceil(H / 16) if rank == "auto" else rank
         self.layout, self.producer, self.consumers, self.rope = layout, producer, consumers, rope
@@ -113,42 +118,21 @@ class HymbaMixer(nn.Module):
                                                              layout.n_kv_heads * layout.v_dim, D, D]
         bias, eps = c.get("mamba_proj_bias", False), c.get("rms_norm_eps", 1e-6)
         self.in_proj = nn.Linear(H, H + kv + 2 * D, bias=bias)
-        # holds the weights in the checkpoint's [D, 1, K] layout; the conv itself runs in edgeports.kernels
-        self.conv1d = nn.Conv1d(D, D, c.get("mamba_d_conv", 4), groups=D, bias=c.get("mamba_conv_bias", True))
+        self.conv1d = depthwise_conv(D, c.get("mamba_d_conv", 4), c.get("mamba_conv_bias", True))
         self.x_proj = nn.Linear(D, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, D, bias=True)
+        with torch.no_grad():  # realistic random dt (the checkpoint overwrites it)
+            self.dt_proj.bias.copy_(inverse_softplus_dt(D))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(D, 1))  # [D,N]
         self.D = nn.Parameter(torch.ones(D))
         inner = c.get("mamba_inner_layernorms", True)
         self.dt_layernorm = RMSNorm(R, eps) if inner else None
         self.B_layernorm = RMSNorm(N, eps) if inner else None
         self.C_layernorm = RMSNorm(N, eps) if inner else None
+        self.inner_norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm) if inner else None
         self.pre_avg_layernorm1 = RMSNorm(D, eps)
         self.pre_avg_layernorm2 = RMSNorm(D, eps)
         self.out_proj = nn.Linear(D, H, bias=bias)
-
-    def ssm(self, x: torch.Tensor, z: torch.Tensor, conv: torch.Tensor, ssm: torch.Tensor, ctx: Ctx):
-        """The Mamba1 head: x, z [B,L,D], conv [B,D,K-1], ssm [B,D,N] f32 -> (y [B,L,D], conv, ssm)."""
-        weight, bias = self.conv1d.weight[:, 0], self.conv1d.bias  # [D,K], [D]
-        x, z = x.transpose(1, 2), z.transpose(1, 2)  # [B,D,L]
-        if ctx.decode:
-            xc, conv = kernels.causal_conv1d_update(x[:, :, 0], conv, weight, bias, "silu")
-            xc = xc[:, :, None]
-        else:
-            xc, conv = kernels.causal_conv1d(x, weight, bias, None if ctx.first else conv, "silu")
-        dt, B, C = self.x_proj(xc.transpose(1, 2)).split([self.dt_rank, self.n_state, self.n_state], dim=-1)
-        if self.dt_layernorm is not None:
-            dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
-        dt = F.linear(dt, self.dt_proj.weight)  # [B,L,D]; the bias goes in as the scan's delta_bias
-        A = -torch.exp(self.A_log.float())  # [D,N]
-        Dskip, dt_bias = self.D.float(), self.dt_proj.bias.float()
-        if ctx.decode:  # one step: H = 1 head of P = D channels
-            y, ssm = kernels.selective_state_update(ssm[:, None], xc[:, None, :, 0], dt[:, :1], A[None], B, C,
-                                                    Dskip[None], z[:, None, :, 0], dt_bias[None], True)
-            return y, conv, ssm[:, 0]  # y [B,1,D]: the one head's P = D channels, L = 1
-        y, ssm = kernels.selective_scan(xc, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), Dskip, z,
-                                        dt_bias, True, None if ctx.first else ssm)
-        return y.transpose(1, 2), conv, ssm
 
     def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx):
         """x[B,L,H] (normed), [conv, ssm, (k, v)] -> (y[B,L,H], states)."""
@@ -171,7 +155,9 @@ class HymbaMixer(nn.Module):
             if self.consumers:
                 ctx.extras[(_KV_KEY, self.index)] = att
         y_attn = y_attn.transpose(1, 2).reshape(B, L, self.d_inner)
-        y_ssm, conv, ssm = self.ssm(parts[-2], parts[-1], conv, ssm, ctx)
+        xs, conv = run_conv(self.conv1d, parts[-2].transpose(1, 2), conv, ctx)  # [B,D,L]
+        y_ssm, ssm = selective_ssm(self, xs, parts[-1].transpose(1, 2), ssm, ctx, self.inner_norms)
+        y_ssm = y_ssm.transpose(1, 2)  # [B,L,D]
         y = (self.pre_avg_layernorm1(y_attn) + self.pre_avg_layernorm2(y_ssm)) / 2
         return self.out_proj(y), [conv, ssm, *kv]
 
@@ -187,14 +173,12 @@ class HymbaBlock(Block):
         self.pre_moe_layernorm = RMSNorm(H, eps)
         self.mlp = GatedMLP(H, c["intermediate_size"], c.get("mlp_hidden_act", "silu"))
         self.n_meta = c.get("num_memory_tokens", 0)
-        self.d_conv = c.get("mamba_d_conv", 4)
 
     def state_slots(self, batch: int, max_len: int) -> list[StateSlot]:
         """conv [B,D,K-1], ssm [B,D,N] f32, and (producers only) k/v caches that also hold the meta tokens."""
         m = self.mamba
         dtype = m.out_proj.weight.dtype
-        slots = [StateSlot("conv", "conv", (batch, m.d_inner, self.d_conv - 1), dtype),
-                 StateSlot("ssm", "ssm", (batch, m.d_inner, m.n_state), torch.float32)]
+        slots = [conv_slot(m.conv1d, batch), StateSlot("ssm", "ssm", (batch, m.d_inner, m.d_state), torch.float32)]
         if m.producer is None:
             slots += m.layout.slots(batch, max_len + self.n_meta, dtype)
         return slots

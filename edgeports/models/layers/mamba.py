@@ -75,18 +75,29 @@ class MambaMixer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # [B,2D,L]
         xs, z = xz.chunk(2, dim=1)  # [B,D,L] each
         xs, conv_state = run_conv(self.conv1d, xs, conv_state, ctx)
-        ts, B, C = self.x_proj(xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (ts @ self.dt_proj.weight.t()).transpose(1, 2)  # [B,D,L]: the bias goes to the scan
-        A = -torch.exp(self.A_log.float())  # [D,N]
-        D, dt_bias = self.D.float(), self.dt_proj.bias.float()
-        if ctx.decode:  # one step: H=1 head of P=D_inner channels, one group; B, C [B,1,N] as they are
-            y, ssm = kernels.selective_state_update(ssm_state[:, None], xs.transpose(1, 2), dt.transpose(1, 2),
-                                                    A[None], B, C, D[None], z.transpose(1, 2), dt_bias[None], True)
-            y, ssm_state = y.transpose(1, 2), ssm[:, 0]  # [B,D,1], [B,D,N]
-        else:
-            y, ssm_state = kernels.selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias,
-                                                  True, None if ctx.first else ssm_state)
+        y, ssm_state = selective_ssm(self, xs, z, ssm_state, ctx)
         return self.out_proj(y.transpose(1, 2)), [conv_state, ssm_state]
+
+
+def selective_ssm(m: nn.Module, xs: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor, ctx: Ctx,
+                  norms: tuple[nn.Module, nn.Module, nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selective SSM of a Mamba1 mixer `m` (its x_proj, dt_proj, A_log, D, dt_rank, d_state) on the conv
+    output xs[B,D,L] gated by z[B,D,L], continuing ssm_state [B,D,N] -> (y[B,D,L], new ssm_state).
+
+    norms: RMSNorms applied to (dt, B, C) after x_proj (Hymba's mamba_inner_layernorms).
+    """
+    ts, B, C = m.x_proj(xs.transpose(1, 2)).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
+    if norms is not None:
+        ts, B, C = norms[0](ts), norms[1](B), norms[2](C)
+    dt = (ts @ m.dt_proj.weight.t()).transpose(1, 2)  # [B,D,L]: the bias goes to the scan
+    A = -torch.exp(m.A_log.float())  # [D,N]
+    D, dt_bias = m.D.float(), m.dt_proj.bias.float()
+    if ctx.decode:  # one step: H=1 head of P=D_inner channels, one group; B, C [B,1,N] as they are
+        y, ssm = kernels.selective_state_update(ssm_state[:, None], xs.transpose(1, 2), dt.transpose(1, 2),
+                                                A[None], B, C, D[None], z.transpose(1, 2), dt_bias[None], True)
+        return y.transpose(1, 2), ssm[:, 0]  # [B,D,1], [B,D,N]
+    return kernels.selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias,
+                                  True, None if ctx.first else ssm_state)
 
 
 class ResidualMixerBlock(Block):
