@@ -5,7 +5,6 @@ decode steps, one-shot and chunked, tied and untied heads, dt limits, and the co
 import dataclasses
 
 import pytest
-import torch
 from parity import check_chunked, check_parity
 from test_parity_mamba import check_states
 
@@ -32,19 +31,10 @@ def test_variants(tmp_path, spec):
 
 def test_chunked_prefill_and_decode(tmp_path):
     check_parity("tiny-mamba2", tmp_path, prompt_len=24, decode_steps=4, chunks=[1, 16, 7])
-    check_chunked("tiny-mamba2", chunks=(1, 7, 64), length=100)
+    check_chunked("tiny-mamba2", chunks=(1, 7, 32), length=40)
 
 
 def test_states(tmp_path):
     check_states("tiny-mamba2", tmp_path)
     check_states("tiny-mamba2", tmp_path, chunks=[17, 7])
 
-
-def test_published_sizes():
-    from edgeports.models import arch_module
-
-    for name, millions in (("mamba2-130m", 129.0), ("mamba2-1.3b", 1343.7)):
-        spec = get_spec(name)
-        with torch.device("meta"):
-            lm = arch_module(spec.arch).build(spec)
-        assert abs(lm.num_params() / 1e6 - millions) < 0.1, (name, lm.num_params())
