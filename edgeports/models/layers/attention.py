@@ -100,11 +100,16 @@ class Attention(nn.Module):
         L = q.shape[2]
         if ctx.first and not ctx.decode:
             window = self.sliding_window
-            if window is not None and L > window:
+            # an exported graph cannot branch on a symbolic L: it takes the band mask (exact for any L)
+            # whenever the window is shorter than the cache
+            exporting = torch.compiler.is_exporting()
+            if window is not None and (window < k_cache.shape[2] if exporting else L > window):
                 mask = attention_mask(positions, positions, window)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scaling, enable_gqa=gqa)
+                # is_causal=True is exact for every L (a 1x1 causal mask hides nothing) and, unlike L > 1,
+                # stays a Python bool when L is symbolic (torch.export / the ONNX exporter)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=gqa)
         else:
             key_pos = torch.arange(k_cache.shape[2], device=positions.device)
             mask = attention_mask(positions, key_pos, self.sliding_window)  # [L, max_len]

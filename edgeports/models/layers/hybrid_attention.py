@@ -153,5 +153,7 @@ def shared_attention(q: torch.Tensor, att: Attended, scaling: float) -> torch.Te
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float):
     gqa = q.shape[1] != k.shape[1]
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=scaling, enable_gqa=gqa)
+        # no mask: q and k are the same new tokens, so causal is exact for every L (1 too), and a Python
+        # bool (unlike L > 1) keeps a symbolic L exportable
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
