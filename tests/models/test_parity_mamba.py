@@ -34,11 +34,17 @@ def check_states(spec, tmp_path, prompt_len: int = 24, decode_steps: int = 4, ch
         logits, cache = _hf_step(hf, nxt, cache)
         _, state = lm.decode(nxt, state)
     slots = {s.name: t for s, t in zip(lm.state_layout(2, prompt_len + decode_steps), state, strict=True)}
-    errs = {}
+    errs, kv = {}, 0
     for i, layer in enumerate(cache.layers):
         errs[f"layers.{i}.conv"] = rel_err(slots[f"layers.{i}.conv"], layer.conv_states[0][..., 1:])
         errs[f"layers.{i}.ssm"] = rel_err(slots[f"layers.{i}.ssm"], layer.recurrent_states[0])
-    assert len(errs) == 2 * len(lm.blocks) and max(errs.values()) < rtol, errs
+        keys = getattr(layer, "keys", None)  # hybrids: the attention's KV cache too
+        if keys is not None and keys.numel():
+            n = keys.shape[2]
+            errs[f"layers.{i}.k"] = rel_err(slots[f"layers.{i}.k"][:, :, :n], keys)
+            errs[f"layers.{i}.v"] = rel_err(slots[f"layers.{i}.v"][:, :, :n], layer.values)
+            kv += 2
+    assert len(errs) == 2 * len(lm.blocks) + kv and max(errs.values()) < rtol, errs
     assert int(slots["pos"]) == prompt_len + decode_steps
 
 
