@@ -186,23 +186,39 @@ def _show_breakdown(label, fn):
         print(f"    {ms:8.4f} ms  x{n:<4} {name}")
 
 
-def sweep(m1, m2, L, peer):
+def sweep(m1, m2, L, peer, parts):
     """Block-size variants of the kernels at one length and the per-kernel time split (printed; the defaults
     come from here)."""
-    from edgeports.kernels import triton_conv, triton_scan, triton_ssd
-
     print(f"\nconfig sweep at L={L} (ms)")
+    if "scan" in parts:
+        sweep_scan(m1, L)
+    if "ssd" in parts:
+        sweep_ssd(m2, L, peer)
+    if "conv" in parts:
+        sweep_conv(m1, L)
+    if "update" in parts:
+        sweep_update()
+
+
+def sweep_scan(m1, L):
+    from edgeports.kernels import triton_scan
+
     kw = mamba1_scan(m1, L)
-    for bd, bt, nw, v1 in [(8, 8, 1, True), (8, 16, 1, True), (4, 8, 1, False), (8, 8, 1, False), (4, 16, 1, False),
-                           (8, 16, 1, False), (16, 8, 1, False)]:
+    for bd, bt, nw, v1 in [(8, 8, 1, True), (4, 8, 1, True), (4, 16, 1, True), (2, 16, 1, True), (8, 16, 1, True),
+                           (4, 8, 1, False), (8, 8, 1, False), (4, 16, 1, False)]:
         cfg = dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=nw, v1=v1)
         ms = median_ms(lambda cfg=cfg: triton_scan.selective_scan(**kw, config=dict(cfg)))[0]
         print(f"  selective_scan {cfg}: {ms:.4f}")
     _show_breakdown("selective_scan triton", lambda: kernels.selective_scan(**kw, impl="triton"))
+
+
+def sweep_ssd(m2, L, peer):
+    from edgeports.kernels import triton_ssd
+
     kw2 = mamba2_ssd(m2, L)
-    for T, bm, bk, nw, ns in [(256, 64, 64, 4, 2), (256, 64, 32, 4, 3), (256, 64, 32, 4, 4), (256, 128, 32, 8, 3),
-                              (128, 64, 32, 4, 3), (512, 64, 32, 4, 3)]:
-        cfg = dict(T=T, BLOCK_M=bm, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+    for T, bm, bk, nw, ns, sk, ss in [(256, 64, 32, 4, 3, 64, 2), (256, 64, 32, 4, 3, 32, 3), (256, 64, 32, 4, 3, 64, 3),
+                                      (256, 64, 64, 4, 3, 64, 2), (256, 64, 32, 8, 3, 64, 2), (256, 32, 32, 4, 3, 64, 2)]:
+        cfg = dict(T=T, BLOCK_M=bm, BLOCK_K=bk, num_warps=nw, num_stages=ns, STATE_K=sk, STATE_STAGES=ss)
         try:
             ms = median_ms(lambda cfg=cfg: triton_ssd.ssd_chunk_scan(**kw2, config=cfg))[0]
             print(f"  ssd_chunk_scan {cfg}: {ms:.4f}")
@@ -215,6 +231,11 @@ def sweep(m1, m2, L, peer):
         _show_breakdown("mamba_chunk_scan_combined", lambda: mamba_chunk_scan_combined(
             kw2["x"], kw2["dt"], kw2["A"], kw2["B"], kw2["C"], kw2["chunk_size"], D=kw2["D"], dt_bias=kw2["dt_bias"],
             dt_softplus=True, return_final_states=True))
+
+
+def sweep_conv(m1, L):
+    from edgeports.kernels import triton_conv
+
     for name, x in (("mamba1 conv (L-contiguous)", _r(1, 2 * m1["intermediate_size"], L)[:, :m1["intermediate_size"]]),
                     ("mamba2 conv (D-contiguous)", _r(1, L, 5376).transpose(1, 2))):
         w, b = _r(x.shape[1], 4), _r(x.shape[1])
@@ -222,6 +243,11 @@ def sweep(m1, m2, L, peer):
             cfg = dict(BLOCK_D=bd, BLOCK_T=bt, num_warps=4)
             ms = median_ms(lambda cfg=cfg, x=x, w=w, b=b: triton_conv.causal_conv1d(x, w, b, None, "silu", config=cfg))[0]
             print(f"  {name} {cfg}: {ms:.4f}")
+
+
+def sweep_update():
+    from edgeports.kernels import triton_scan
+
     for bt, H, P, N, G, m2style in [(1, 1, 5120, 16, 1, False), (1, 80, 64, 128, 1, True), (64, 80, 64, 128, 1, True)]:
         sets = min(256, max(2, math.ceil(200e6 / (bt * H * P * N * 4))))
         cases = [decode_case(H, P, N, G, bt, m2style) for _ in range(sets)]
@@ -240,6 +266,7 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="also time block-size variants (and per-kernel splits)")
     ap.add_argument("--sweep-len", type=int, default=16384)
     ap.add_argument("--no-table", action="store_true", help="only the sweep")
+    ap.add_argument("--sweep-only", default="scan,ssd,conv,update", help="which sweeps (comma list)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -291,7 +318,7 @@ def main(argv=None):
     print_table(f"mamba2-2.7b layer ({H2} heads x {P2}, d_state {N2}, {G2} group), batch 1 prefill / decode, bf16",
                 rows2)
     if args.sweep:
-        sweep(m1, m2, args.sweep_len, peer)
+        sweep(m1, m2, args.sweep_len, peer, set(args.sweep_only.split(",")))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(peaks=pk, mamba1=rows1, mamba2=rows2), indent=1))
 

@@ -61,9 +61,13 @@ def _conv_fwd(
         tl.store(sT_ptr + s_off, last.to(sT_ptr.dtype.element_ty), mask=mask_d[:, None] & (j < W - 1)[None, :])
 
 
-def conv_config(dim: int, L: int) -> dict:
-    """Tile [BLOCK_D, BLOCK_T]: 16-byte rows along time when L is long, more channels when it is short."""
-    block_t = max(16, min(128, triton.next_power_of_2(L)))
+def conv_config(dim: int, L: int, channels_contiguous: bool = False) -> dict:
+    """Tile [BLOCK_D, BLOCK_T] of 2048 elements: long along whichever axis x is contiguous in (H100 sweep in
+    benchmarks/NOTES-kernels.md: 16x128 for [Bt,D,L] inputs, 64x32 for [Bt,L,D] views)."""
+    if channels_contiguous:
+        block_t = max(16, min(32, triton.next_power_of_2(L)))
+    else:
+        block_t = max(16, min(128, triton.next_power_of_2(L)))
     return dict(BLOCK_D=max(1, 2048 // block_t), BLOCK_T=block_t, num_warps=4)
 
 
@@ -73,7 +77,7 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, con
     W = weight.shape[1]
     y = torch.empty((bt, dim, L), dtype=x.dtype, device=x.device)
     sT = torch.empty((bt, dim, W - 1), dtype=x.dtype, device=x.device)
-    cfg = dict(conv_config(dim, L), **(config or {}))
+    cfg = dict(conv_config(dim, L, x.stride(1) == 1 and L > 1), **(config or {}))
     grid = (max(1, triton.cdiv(L, cfg["BLOCK_T"])), triton.cdiv(dim, cfg["BLOCK_D"]), bt)
     _conv_fwd[grid](
         x, weight, bias, initial_state, y, sT, L, dim,

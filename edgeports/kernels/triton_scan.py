@@ -86,6 +86,9 @@ def _chunk_scan_local(u, dt, Bm, t, L, mask_d, A2, bias, HAS_BIAS: tl.constexpr,
     if SOFTPLUS:
         dt = softplus(dt)
     dt = tl.where((t < L)[:, None] & mask_d[None, :], dt, 0.0)  # steps past L: decay 1, input 0
+    # a sum over a size-1 axis: Triton cannot recompute through it, so softplus runs once per (t, d) in the
+    # load layout and its result is converted, instead of being recomputed by every state lane
+    dt = tl.sum(dt[:, :, None], axis=2)
     dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BT,BN,BD]
     dBu = (dt * u.to(tl.float32))[:, None, :] * Bm.to(tl.float32)[:, :, None]
     return tl.associative_scan((dA, dBu), axis=0, combine_fn=_linear_combine)
@@ -229,6 +232,9 @@ def _selective_scan_fwd_v1(
         if SOFTPLUS:
             dt = softplus(dt)
         dt = tl.where(m_td, dt, 0.0)  # steps past L: decay 1, input 0, so the state is carried unchanged
+        # a sum over a size-1 axis: Triton cannot recompute through it, so softplus runs once per (t, d) in the
+        # load layout and its result is converted, instead of being recomputed by every state lane
+        dt = tl.sum(dt[:, :, None], axis=2)
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BT,BN,BD]
         dBu = (dt * u)[:, None, :] * Bm[:, :, None]  # [BT,BN,BD]
         dBu = tl.where(first, dA * h[None, :, :] + dBu, dBu)  # fold the carried state into step 0
@@ -317,11 +323,13 @@ def _state_update_fwd(
     tl.store(y_ptr + base + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
 
 
-def state_update_config(P: int, N: int) -> dict:
-    """~512 state elements per 4-warp program (one 16-byte vector per thread): many programs, so the one
-    pass over the state spreads over every SM even for Mamba1's single 'head'."""
+def state_update_config(P: int, N: int, total: int) -> dict:
+    """State elements per 4-warp program: 512 (one 16-byte vector per thread) for a small state, so the one
+    pass over it spreads over every SM even for Mamba1's single 'head'; 2048 once the state is large
+    (batched decode), where fewer, longer programs keep more bytes in flight (H100 sweep, NOTES-kernels.md)."""
     block_n = max(2, triton.next_power_of_2(N))
-    return dict(BLOCK_P=max(1, min(triton.next_power_of_2(P), 512 // block_n)), num_warps=4)
+    elems = 2048 if total >= (1 << 22) else 512
+    return dict(BLOCK_P=max(1, min(triton.next_power_of_2(P), elems // block_n)), num_warps=4)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -331,7 +339,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     G, N = B.shape[1], B.shape[2]
     y = torch.empty((bt, H, P), dtype=x.dtype, device=x.device)
     new_state = torch.empty((bt, H, P, N), dtype=torch.float32, device=x.device)
-    cfg = dict(state_update_config(P, N), **(config or {}))
+    cfg = dict(state_update_config(P, N, bt * H * P * N), **(config or {}))
     grid = (triton.cdiv(P, cfg["BLOCK_P"]), H, bt)
     _state_update_fwd[grid](
         state, x, dt, A, B, C, D, z, dt_bias, y, new_state,

@@ -29,7 +29,7 @@ def _chunk_state(
     L, H, P, NSTATE, NCHUNK, HEADS_PER_GROUP, dt_min, dt_max,
     s_xb, s_xl, s_xh, s_xp, s_tb, s_tl, s_th, s_bb, s_bl, s_bg, s_bn,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, T: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
 ):
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -44,8 +44,8 @@ def _chunk_state(
         bias = tl.load(bias_ptr + h).to(tl.float32)
     row = (b * H + h) * NCHUNK + c  # dt/cs scratch: [Bt, H, NCHUNK, T] float32
     state = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-    cs_off = 0.0  # cumulative log-decay of the chunk before this sub-block
-    for k0 in tl.static_range(0, T, BLOCK_K):
+    cs_off = tl.zeros((), dtype=tl.float32)  # cumulative log-decay of the chunk before this sub-block
+    for k0 in tl.range(0, T, BLOCK_K, num_stages=STAGES):  # a runtime loop, so its loads are pipelined
         t = c * T + k0 + offs_k  # [BK]
         valid = t < L
         dt = tl.load(dt_ptr + b * s_tb + t * s_tl + h * s_th, mask=valid, other=0.0).to(tl.float32)
@@ -224,8 +224,8 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
         x, dt, A, B, dt_bias, dto, cs, states,
         L, H, P, N, nchunk, H // G, float(dt_min), float(dt_max),
         *x.stride(), *dt.stride(), *B.stride(),
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), T=T, BLOCK_K=min(T, 64),
-        BLOCK_P=BP, BLOCK_N=BN, PREC=prec, num_warps=nw, num_stages=ns,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), T=T, BLOCK_K=min(T, cfg.get("STATE_K", 64)),
+        BLOCK_P=BP, BLOCK_N=BN, PREC=prec, STAGES=cfg.get("STATE_STAGES", 2), num_warps=nw, num_stages=ns,
     )
     cb = torch.empty((bt, nchunk, G, T, T), **f32)
     bm_cb = min(T, 64)
