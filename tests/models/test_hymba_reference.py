@@ -190,3 +190,28 @@ def test_loads_remote_code_checkpoint_names(model, tmp_path):
     a, _ = lm.prefill(ids, lm.new_state(1, 9), first=True)
     b, _ = loaded.prefill(ids, loaded.new_state(1, 9), first=True)
     assert rel_err(b, a) < 1e-6
+
+
+@torch.no_grad()
+def test_exports_with_dynamic_length(model):
+    """torch.export of prefill (continuing a state, symbolic L up to past the ring) matches eager, states included."""
+    spec, lm = model
+
+    class Prefill(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids, state):
+            return self.lm(ids, *state)
+
+    _, state = lm.prefill(torch.randint(0, 256, (1, 5)), lm.new_state(1, 60), first=True)
+    L = torch.export.Dim("L", min=2, max=48)
+    ep = torch.export.export(Prefill(), (torch.zeros(1, 5, dtype=torch.long), list(state)),
+                             dynamic_shapes=({1: L}, [None] * len(state)), strict=False)
+    ring = spec.config["sliding_window"] + 1
+    for n in (3, ring + 7):  # within and past the sliding-window ring
+        ids = torch.randint(0, spec.config["vocab_size"], (1, n))
+        got = ep.module()(ids, [s.clone() for s in state])
+        want = lm(ids, *[s.clone() for s in state])
+        assert max(rel_err(a.double(), b.double()) for a, b in zip(got, want, strict=True)) < 1e-6
