@@ -1,0 +1,295 @@
+"""torch.compile backend, export side: JIT artifacts, and AOTInductor packages that run without model code.
+
+Two modes, chosen with `ExportOptions.extra["mode"]`:
+- "aot" (default; what `edgeports export --backend compile` writes): `prefill.pt2` (the prefill of a
+  fresh state, ids[B,L] with L dynamic in [2, max_len]), `prefill_cont.pt2` (a prefill continuing a
+  state: the chunks after the first; left out with extra["chunked"]=False) and `decode.pt2` (ids[B,1]),
+  each `torch.export` + `torch._inductor.aoti_compile_and_package`; `weights.safetensors` (every weight
+  once, shared by the three packages at load) and `programs.json` (per program: export and compile
+  seconds, the `edgeports::` custom-op nodes it holds; the constant-name map). The runner loads them
+  with `aoti_load_package` and needs no model code, only the `edgeports::` ops (edgeports.kernels).
+- "jit": the eager artifact under this backend's name; the runner builds the LM and compiles it in
+  process (prefill with a dynamic L, decode replayed from a CUDA graph on CUDA).
+
+How the State passes through torch.export (and torch.compile). `lm.prefill/decode` update the KV caches
+in place (`index_copy_`) and return new tensors for the other slots (conv and SSM states, pos). Each
+program is `InPlaceStep`: `(ids, *state) -> logits`, writing every new slot back into its input
+tensor, so that the whole State is caller-owned buffers that a call mutates in place. torch.export
+records these as input mutations and AOTInductor writes them into the caller's tensors (no aliased
+outputs, no cache copy per step), and the decode step has fixed input addresses, which is what a CUDA
+graph needs. The `first` flag is a Python bool, so it is traced away: a fresh-state prefill (causal
+attention over the new tokens alone, SSMs ignore the zero initial state) and a continuing one (attention
+over the cache) are different graphs, hence separate programs. A 1-token prefill is run by the decode
+program (identical math; L=1 would be a specialised size in a dynamic graph).
+
+Shapes: batch is static (options.batch). The cache length S (the state dims of size max_len, or max_len + a constant)
+is dynamic in [2, max_len] in every program, so one artifact serves every prompt length of a sweep with the state
+sized as eager sizes it; for a given (batch, max_len) the decode step is static and is captured once.
+The SSM ops reach the graphs as single `edgeports::` custom-op nodes (their fake implementations give
+the shapes), never traced into Triton or Python loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeports.errors import EdgeportsError
+from edgeports.exporters.base import (
+    Artifact,
+    ExportOptions,
+    build_lm,
+    layout_json,
+    library_versions,
+    resolve_spec,
+    stage,
+    write_manifest,
+)
+from edgeports.models import LM, ModelSpec
+
+NAME = "compile"
+MODES = ("aot", "jit")
+KINDS = ("prefill", "prefill_cont", "decode")
+PROGRAMS_FILE = "programs.json"
+WEIGHTS_FILE = "weights.safetensors"
+MIN_MAX_LEN = 8
+EXAMPLE_STATE_LEN = 37  # odd example sizes, so no dynamic dim starts equal to a static one
+
+
+def available() -> tuple[bool, str]:
+    """Needs torch >= 2.6 (torch.export + AOTInductor packages) and a C++ compiler (Inductor's CPU
+    code and every AOTInductor package are built with it)."""
+    if not hasattr(torch._inductor, "aoti_compile_and_package") or not hasattr(torch.compiler, "set_stance"):
+        return False, f"torch {torch.__version__} has no AOTInductor packaging (needs torch >= 2.6)"
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return False, "no C++ compiler (g++, c++ or clang++) on PATH: Inductor needs one"
+    return True, ""
+
+
+def mode_of(options: ExportOptions) -> str:
+    """The export mode (extra "mode"), checked."""
+    mode = options.get("mode", "aot")
+    if mode not in MODES:
+        raise EdgeportsError(f"unknown compile mode {mode!r} (use one of {', '.join(MODES)})")
+    return mode
+
+
+def kinds_of(options: ExportOptions) -> tuple[str, ...]:
+    """The programs an export holds: all three, or no continuing prefill when extra chunked=False."""
+    return KINDS if options.get("chunked", True) else ("prefill", "decode")
+
+
+class InPlaceStep(nn.Module):
+    """One LM call as `(ids[B,L], *state) -> logits[B,V]` that writes the new State into `state`.
+
+    kind: "prefill" (fresh state), "prefill_cont" (continuing a state) or "decode" (L = 1)."""
+
+    def __init__(self, lm: LM, kind: str):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown program kind {kind!r}")
+        self.lm = lm
+        self.kind = kind
+
+    def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
+        if self.kind == "decode":
+            logits, new = self.lm.decode(ids, state)
+        else:
+            logits, new = self.lm.prefill(ids, state, first=self.kind == "prefill")
+        for old, cur in zip(state, new, strict=True):
+            if cur is not old:  # KV caches come back as the same (already written) tensors
+                old.copy_(cur)
+        return logits
+
+
+def state_len_dims(lm: LM, batch: int, max_len: int) -> tuple[dict[int, int], ...]:
+    """Per state slot, {dim: offset} for the dims whose size is the cache length: max_len + offset (e.g.
+    Hymba's meta tokens add 6). These are the dynamic dims; a dim that depends on max_len in any other way
+    cannot be expressed and is an error."""
+    a, b = lm.state_layout(batch, max_len), lm.state_layout(batch, max_len + 1)
+    out = []
+    for sa, sb in zip(a, b, strict=True):
+        dims = {i: x - max_len for i, (x, y) in enumerate(zip(sa.shape, sb.shape, strict=True)) if x != y}
+        if any(sb.shape[i] != sa.shape[i] + 1 for i in dims):
+            raise EdgeportsError(f"state slot {sa.name} {sa.shape} depends on max_len other than as a length dim: "
+                                 f"the compile backend cannot give it a dynamic shape")
+        out.append(dims)
+    return tuple(out)
+
+
+def example_inputs(lm: LM, kind: str, batch: int, max_len: int,
+                   device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Example (ids, state) for tracing a program: S = min(max_len, 37), L = S // 2 (1 for decode)."""
+    s = min(max_len, EXAMPLE_STATE_LEN)
+    length = 1 if kind == "decode" else s // 2
+    ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, length), device=device)
+    return ids, lm.new_state(batch, s, device)
+
+
+def export_program(lm: LM, kind: str, batch: int, max_len: int) -> torch.export.ExportedProgram:
+    """torch.export of InPlaceStep(lm, kind): L dynamic in [2, max_len] (prefill kinds), S dims dynamic."""
+    device = lm.head_device()
+    ids, state = example_inputs(lm, kind, batch, max_len, device)
+    s_dim = torch.export.Dim("state_len", min=2, max=max_len)  # not "S": sympy reads that as its S
+    ids_dims = None if kind == "decode" else {1: torch.export.Dim("prefill_len", min=2, max=max_len)}
+    dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
+                 for dd in state_len_dims(lm, batch, max_len))
+    with torch.no_grad():
+        return torch.export.export(InPlaceStep(lm, kind), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
+
+
+def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
+    """Counts of the `edgeports::` custom-op nodes and of loop/branch higher-order ops in a program."""
+    out: dict[str, int] = {}
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            name = f"hop::{node.target.name()}"
+        elif isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "edgeports":
+            name = node.target.name()
+        else:
+            continue
+        out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _shares_weights() -> bool:
+    # keeping weights out of the .so lets the prefill and decode packages share one device copy
+    return hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
+
+
+def compile_package(ep: torch.export.ExportedProgram, path: Path) -> None:
+    """AOTInductor-compile one program into a .pt2 package (weights left out when they can be shared)."""
+    configs = {"aot_inductor.package_constants_in_so": False} if _shares_weights() else {}
+    torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=configs)
+
+
+def save_weights(programs: list[torch.export.ExportedProgram], path: Path) -> dict[str, str]:
+    """Every parameter, buffer and constant of the programs into one safetensors file, each storage once
+    (tied weights are one entry). Returns {constant name in the programs: key in the file}."""
+    from safetensors.torch import save_file
+
+    keys: dict[tuple, str] = {}
+    names: dict[str, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for ep in programs:
+        for name, t in [*ep.state_dict.items(), *ep.constants.items()]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            ident = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), t.stride())
+            if ident not in keys:
+                keys[ident] = name
+                tensors[name] = t.detach().contiguous().cpu()
+            names[name] = keys[ident]
+    save_file(tensors, str(path))
+    return names
+
+
+def device_facts(device: torch.device) -> dict[str, str | None]:
+    """What a compiled package is tied to besides torch: the device kind, GPU and compute capability."""
+    if device.type != "cuda":
+        return {"device": device.type, "gpu": None, "compute_capability": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"device": "cuda", "gpu": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def failing_op(exc: BaseException) -> str:
+    """Best guess of the op or source line a compile/export failure comes from (for one error line)."""
+    text = "\n".join(str(e) for e in _chain(exc))
+    for pattern in (r"target=(?:torch\.ops\.)?([\w.:]+)", r"torch\.ops\.(\w+\.\w+)", r"\b(aten\.\w+)",
+                    r"\b(edgeports::\w+)"):
+        m = re.search(pattern, text)
+        if m:
+            return f"op {m.group(1)}"
+    for e in _chain(exc):
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if "/edgeports/models/" in f.filename or "/edgeports/kernels/" in f.filename]
+        if frames:
+            f = frames[-1]
+            return f"{Path(f.filename).name}:{f.lineno} ({(f.line or '').strip()})"
+    return "an unidentified op"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def failure(spec: ModelSpec, what: str, exc: BaseException) -> EdgeportsError:
+    """The one-line error for a model that does not compile or export: arch, program, op, torch's reason."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return EdgeportsError(f"compile: {what} of {spec.name} (arch {spec.arch}) failed at {failing_op(exc)}: "
+                          f"{type(exc).__name__}: {first[:300]}")
+
+
+@contextlib.contextmanager
+def reported(spec: ModelSpec, what: str) -> Iterator[None]:
+    """Turn any failure inside the block into `failure(...)` (EdgeportsErrors pass through)."""
+    try:
+        yield
+    except EdgeportsError:
+        raise
+    except Exception as e:
+        raise failure(spec, what, e) from e
+
+
+def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
+    """Write a compile artifact: AOTInductor packages (mode aot) or the eager artifact (mode jit)."""
+    if mode_of(options) == "jit":
+        from edgeports.exporters import eager
+
+        return eager.export(source, out_dir, options, backend=NAME)
+    if options.max_len < MIN_MAX_LEN:
+        raise EdgeportsError(f"compile export needs --max-len >= {MIN_MAX_LEN}, got {options.max_len}")
+    t0 = time.perf_counter()
+    spec = resolve_spec(source)
+    if isinstance(source, LM):
+        lm = source
+        options = replace(options, dtype=next(lm.parameters()).dtype, weights="<in-memory LM>",
+                          device=str(lm.head_device()))
+    else:
+        lm = build_lm(spec, options)
+    lm.requires_grad_(False).eval()
+    device = lm.head_device()
+    batch, max_len = options.batch, options.max_len
+    with stage(out_dir) as tmp:
+        programs: dict[str, dict[str, Any]] = {}
+        eps = []
+        for kind in kinds_of(options):
+            t = time.perf_counter()
+            with reported(spec, f"torch.export of the {kind} program"):
+                ep = export_program(lm, kind, batch, max_len)
+            t_export = time.perf_counter() - t
+            with reported(spec, f"AOTInductor compile of the {kind} program"):
+                compile_package(ep, tmp / f"{kind}.pt2")
+            programs[kind] = {"file": f"{kind}.pt2", "export_s": round(t_export, 3),
+                              "compile_s": round(time.perf_counter() - t - t_export, 3), "ops": graph_ops(ep)}
+            eps.append(ep)
+        constants = save_weights(eps, tmp / WEIGHTS_FILE)
+        (tmp / PROGRAMS_FILE).write_text(json.dumps(
+            {"programs": programs, "constants": constants, "weights": "shared" if _shares_weights() else "embedded"},
+            indent=1, sort_keys=True))
+        dims = state_len_dims(lm, batch, max_len)
+        layout = lm.state_layout(batch, max_len)
+        shape_ranges = {"batch": [batch, batch], "prefill_len": [2, max_len], "state_len": [2, max_len],
+                        "state_len_dims": {s.name: sorted(d.items()) for s, d in zip(layout, dims, strict=True) if d}}
+        art = write_manifest(tmp, Path(out_dir), backend=NAME, spec=spec, options=options,
+                             state_layout=layout_json(layout), shape_ranges=shape_ranges,
+                             versions={**library_versions("safetensors"), **device_facts(device)},
+                             export_s=time.perf_counter() - t0)
+    return art
