@@ -1,12 +1,14 @@
 """Triton kernels for the Mamba recurrences with a per-state decay: Mamba1 `selective_scan` (prefill) and
 `selective_state_update` (the decode step of Mamba1 and Mamba2).
 
-selective_scan: one program owns BLOCK_D channels of one batch row and walks the sequence in chunks of
-BLOCK_T steps, carrying the [BLOCK_D, N] float32 state in registers from chunk to chunk. Inside a chunk the
-recurrence h_t = a_t h_{t-1} + b_t runs as `tl.associative_scan` over time on a [BLOCK_D, N, BLOCK_T]
-tile; the carried state is folded into the first step's b, so the scan's b-output is the state itself.
-The work per (channel, state, step) is one exp2 and ~6 float32 ops, so the kernel is bounded by the
-special-function unit, not by memory (see benchmarks/NOTES-kernels.md for the numbers).
+selective_scan: one single-warp program owns BLOCK_D channels of one batch row and walks the sequence in
+chunks of BLOCK_T steps, carrying the float32 state in registers. Tiles are laid out (time, state, channel),
+so Triton puts channels and then states on lanes (4 channels x 8 lanes of 2 states by default) and a chunk's
+steps inside each thread: the recurrence h_t = a_t h_{t-1} + b_t is an in-register `tl.associative_scan`
+over time, and the carried state is folded into the chunk's first step. Per (channel, state, step) the work is
+one exp2 and ~6 float32 ops, so the kernel is bound by instruction issue and the special-function unit, not
+by memory; batch 1 needs the states split over lanes to give the GPU enough warps. Numbers and the variants
+tried are in benchmarks/NOTES-kernels.md.
 
 selective_state_update: one program per (batch, head, BLOCK_P rows); it reads the state once and writes the
 new state once (the bytes that bound the decode step).
@@ -62,110 +64,7 @@ def _linear_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _chunk_inputs(u_col, dt_col, b_col, c_col, z_col, t, L, mask_d, mask_n, s_ul, s_tl, s_bl, s_cl, s_zl,
-                  HAS_Z: tl.constexpr):
-    """Issue the loads of one chunk's inputs (raw dtypes; padded steps and channels read as 0)."""
-    m_td = (t < L)[:, None] & mask_d[None, :]  # [BT,BD]
-    m_tn = (t < L)[:, None] & mask_n[None, :]  # [BT,BN]
-    u = tl.load(u_col + t[:, None] * s_ul, mask=m_td, other=0.0)
-    dt = tl.load(dt_col + t[:, None] * s_tl, mask=m_td, other=0.0)
-    Bm = tl.load(b_col + t[:, None] * s_bl, mask=m_tn, other=0.0)
-    Cm = tl.load(c_col + t[:, None] * s_cl, mask=m_tn, other=0.0)
-    zv = u  # placeholder when there is no z (never read)
-    if HAS_Z:
-        zv = tl.load(z_col + t[:, None] * s_zl, mask=m_td, other=0.0)
-    return u, dt, Bm, Cm, zv
-
-
-@triton.jit
-def _chunk_scan_local(u, dt, Bm, t, L, mask_d, A2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """The chunk's recurrence from a zero state: (aS, bS) with h_t = aS_t * h_in + bS_t; [BT,BN,BD] each."""
-    dt = dt.to(tl.float32)
-    if HAS_BIAS:
-        dt = dt + bias[None, :]
-    if SOFTPLUS:
-        dt = softplus(dt)
-    dt = tl.where((t < L)[:, None] & mask_d[None, :], dt, 0.0)  # steps past L: decay 1, input 0
-    # a sum over a size-1 axis: Triton cannot recompute through it, so softplus runs once per (t, d) in the
-    # load layout and its result is converted, instead of being recomputed by every state lane
-    dt = tl.sum(dt[:, :, None], axis=2)
-    dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BT,BN,BD]
-    dBu = (dt * u.to(tl.float32))[:, None, :] * Bm.to(tl.float32)[:, :, None]
-    return tl.associative_scan((dA, dBu), axis=0, combine_fn=_linear_combine)
-
-
-@triton.jit
 def _selective_scan_fwd(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
-    L, DIM, NSTATE,
-    s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_ad, s_an,
-    s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    # Tiles are laid out (time, state, channel): channel is the last axis, so Triton spreads channels (and
-    # then states) over lanes and keeps a chunk's steps inside one thread; the scan over time runs in
-    # registers. Software pipeline: iteration i scans chunk i+1 from a zero state and issues the loads of
-    # chunk i+2, while chunk i only needs h_t = aS_t * h + bS_t: the carried dependency per chunk is one FMA,
-    # and the two chunks' independent work interleaves.
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
-    offs_n = tl.arange(0, BLOCK_N)  # [BN]
-    offs_t = tl.arange(0, BLOCK_T)  # [BT]
-    mask_d = offs_d < DIM
-    mask_n = offs_n < NSTATE
-    mask_nd = mask_n[:, None] & mask_d[None, :]  # [BN,BD]
-    # padded states get A = 0 and B = C = 0: they stay 0 and add nothing
-    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0) * LOG2E
-    hn_off = b * DIM * NSTATE + offs_d[None, :] * NSTATE + offs_n[:, None]  # [BN,BD] into [Bt,D,N]
-    last = (offs_t == BLOCK_T - 1)[:, None, None]  # [BT,1,1]
-    # the carried state is kept 3-d ([1,BN,BD]): a zeros init of that shape gets the same default layout as
-    # the [BT,BN,BD] tiles, so the loop carries it with no layout conversion
-    h = tl.zeros((1, BLOCK_N, BLOCK_D), dtype=tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + hn_off[None, :, :], mask=mask_nd[None, :, :], other=0.0)
-    bias = A2  # placeholder when there is no bias (never read)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_col = u_ptr + b * s_ub + offs_d[None, :] * s_ud  # [1,BD]
-    dt_col = dt_ptr + b * s_tb + offs_d[None, :] * s_td
-    z_col = z_ptr + b * s_zb + offs_d[None, :] * s_zd if HAS_Z else u_col
-    y_col = y_ptr + b * DIM * L + offs_d[None, :] * L  # y is contiguous [Bt,D,L]
-    b_col = B_ptr + b * s_bb + offs_n[None, :] * s_bn  # [1,BN]
-    c_col = C_ptr + b * s_cb + offs_n[None, :] * s_cn
-    u, dt, Bm, Cm, zv = _chunk_inputs(u_col, dt_col, b_col, c_col, z_col, offs_t, L, mask_d, mask_n,
-                                      s_ul, s_tl, s_bl, s_cl, s_zl, HAS_Z)
-    aS, bS = _chunk_scan_local(u, dt, Bm, offs_t, L, mask_d, A2, bias, HAS_BIAS, SOFTPLUS)
-    u_n, dt_n, B_n, C_n, z_n = _chunk_inputs(u_col, dt_col, b_col, c_col, z_col, offs_t + BLOCK_T, L, mask_d, mask_n,
-                                             s_ul, s_tl, s_bl, s_cl, s_zl, HAS_Z)
-    for t0 in range(0, L, BLOCK_T):
-        t = t0 + offs_t
-        # chunk i+1: local scan (independent of h); chunk i+2: loads
-        aS_n, bS_n = _chunk_scan_local(u_n, dt_n, B_n, t + BLOCK_T, L, mask_d, A2, bias, HAS_BIAS, SOFTPLUS)
-        u_nn, dt_nn, B_nn, C_nn, z_nn = _chunk_inputs(u_col, dt_col, b_col, c_col, z_col, t + 2 * BLOCK_T, L,
-                                                      mask_d, mask_n, s_ul, s_tl, s_bl, s_cl, s_zl, HAS_Z)
-        # chunk i: states, output, carried state
-        hs = aS * h + bS  # [BT,BN,BD]
-        y = tl.sum(hs * Cm.to(tl.float32)[:, :, None], axis=1)  # [BT,BD]
-        # the state after the chunk's last step (padded steps keep it); -0.0 lets the compiler drop the
-        # other steps' terms (x + -0.0 == x exactly)
-        h = tl.sum(tl.where(last, hs, -0.0), axis=0, keep_dims=True)
-        uf = u.to(tl.float32)
-        if HAS_D:
-            y += Dv[None, :] * uf
-        if HAS_Z:
-            y *= silu(zv.to(tl.float32))
-        tl.store(y_col + t[:, None], y.to(y_ptr.dtype.element_ty), mask=(t < L)[:, None] & mask_d[None, :])
-        aS, bS, u, Cm, zv = aS_n, bS_n, u_n, C_n, z_n
-        u_n, dt_n, B_n, C_n, z_n = u_nn, dt_nn, B_nn, C_nn, z_nn
-    tl.store(hT_ptr + hn_off[None, :, :], h, mask=mask_nd[None, :, :])
-
-
-@triton.jit
-def _selective_scan_fwd_v1(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     L, DIM, NSTATE,
     s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_ad, s_an,
@@ -253,8 +152,9 @@ def _selective_scan_fwd_v1(
 
 def scan_config(dim: int, L: int, dtype: torch.dtype) -> dict:
     """Block sizes for _selective_scan_fwd (chosen from the H100 measurements in benchmarks/NOTES-kernels.md)."""
-    # 8 channels x 4 lanes of 4 states per warp: 640 warps at D=5120, enough to fill an H100 at batch 1
-    return dict(BLOCK_D=8, BLOCK_T=8, num_warps=1)
+    # one warp = 4 channels x 8 lanes of 2 states; chunks of 16 steps per thread: 1280 warps at D=5120
+    # (~2.4 per scheduler on an H100 at batch 1). Fastest of the H100 sweep at L=16k (NOTES-kernels.md)
+    return dict(BLOCK_D=4, BLOCK_T=16 if L > 8 else 8, num_warps=1)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
@@ -272,8 +172,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     zs = z.stride() if z is not None else (0, 0, 0)
     cfg = dict(scan_config(dim, L, u.dtype), **(config or {}))
     grid = (triton.cdiv(dim, cfg["BLOCK_D"]), bt)
-    kernel = _selective_scan_fwd_v1 if cfg.pop("v1", False) else _selective_scan_fwd
-    kernel[grid](
+    _selective_scan_fwd[grid](
         u, delta, A, B, C, D, z, delta_bias, h0, y, hT,
         L, dim, nstate,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zs,
