@@ -17,19 +17,26 @@ from pathlib import Path
 import torch
 
 
-def median_ms(fn, *, slow_s: float = 0.25, rep_ms: int = 200) -> tuple[float, int]:
-    """Median time of fn() in ms and the number of timed runs. Calls slower than `slow_s` are timed once
-    (after one warm-up) with host clocks around a synchronize; the rest with triton's do_bench."""
-    import triton.testing
-
+def median_ms(fn, *, slow_s: float = 0.25, rep_ms: int = 200, slow_reps: int = 1) -> tuple[float, int]:
+    """Median time of fn() in ms and the number of timed runs. Calls slower than `slow_s` are timed
+    `slow_reps` times (after one warm-up) with host clocks around a synchronize; the rest with do_bench."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     est = time.perf_counter() - t0
-    if est > slow_s:
-        return est * 1e3, 1
+    if est > slow_s or not torch.cuda.is_available():  # (no GPU: a dry run of the script's logic)
+        times = [est]
+        for _ in range(slow_reps - 1):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2] * 1e3, len(times)
+    import triton.testing
+
     ms = triton.testing.do_bench(fn, warmup=min(25, max(1, int(50 * est * 1e3))), rep=rep_ms,
                                  return_mode="median")
     return float(ms), max(1, int(rep_ms / max(ms, 1e-3)))
