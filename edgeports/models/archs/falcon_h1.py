@@ -54,7 +54,7 @@ def mup_vector(c: dict, d_inner: int) -> torch.Tensor:
 def mamba_mixer(c: dict) -> Mamba2Mixer:
     """FalconH1Mixer: d_inner = mamba_d_ssm, in_proj bias mamba_proj_bias, out_proj bias projectors_bias."""
     H = c["hidden_size"]
-    d_inner = c.get("mamba_d_ssm") or int(c.get("mamba_expand", 2) * H)
+    d_inner = c.get("mamba_d_ssm", 1024) or int(c.get("mamba_expand", 2) * H)  # FalconH1Config's defaults
     n_groups = c.get("mamba_n_groups", 1)
     norm = None
     if c.get("mamba_rms_norm", False):
@@ -79,7 +79,8 @@ class FalconH1Block(Block):
         bias = c.get("attention_bias", False)
         self.input_layernorm = RMSNorm(H, eps)
         self.mamba = mamba_mixer(c)
-        self.self_attn = FalconH1Attention(H, c["num_attention_heads"], c.get("num_key_value_heads"), head_dim(c),
+        heads = c["num_attention_heads"]
+        self.self_attn = FalconH1Attention(H, heads, c.get("num_key_value_heads", 8) or heads, head_dim(c),
                                            qkv_bias=bias, o_bias=bias, rope=rope,
                                            key_multiplier=c.get("key_multiplier", 1.0))
         self.pre_ff_layernorm = RMSNorm(H, eps)

@@ -52,20 +52,37 @@ HF_MODEL_TYPE = "hymba"
 HF_IGNORE = (r"^lm_head\.weight$",)  # a checkpoint with tied embeddings may still carry the copy
 _KV_KEY = "hymba_kv"  # ctx.extras[(_KV_KEY, producer)] = what the producer attended over
 
+# the remote code's HymbaConfig defaults for the keys used here (a config.json may omit any of them)
+DEFAULTS = {
+    "num_key_value_heads": 4, "hidden_act": "silu", "mlp_hidden_act": "silu", "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True, "sliding_window": 1024, "global_attn_idx": [0, 15, 31],
+    "max_position_embeddings": 8192, "orig_max_position_embeddings": 2048, "mamba_d_state": 16,
+    "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": "auto", "mamba_conv_bias": True,
+    "mamba_proj_bias": False, "mamba_inner_layernorms": True, "kv_reuse_every_i_layer": -1,
+    "kv_reuse_group": [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]], "num_mamba": 1, "num_experts": 1,
+    "rope_type": "ntk", "attn_hidden_size": -1, "kq_head_dim": -1, "kq_norm": "none", "rope": True,
+    "rope_theta": 10000.0, "num_memory_tokens": 128, "memory_tokens_interspersed_every": 0,
+}
+
+
+def hymba_config(spec: ModelSpec) -> dict:
+    """spec.config over the remote code's defaults."""
+    return {**DEFAULTS, **spec.config}
+
 
 def _check(c: dict) -> None:
     """Reject configs that use remote-code options this implementation does not have."""
     H, heads = c["hidden_size"], c["num_attention_heads"]
     unsupported = {
-        "attn_hidden_size": c.get("attn_hidden_size", -1) not in (-1, None, H),
-        "kq_head_dim": c.get("kq_head_dim", -1) not in (-1, None, H // heads),
-        "kq_norm": c.get("kq_norm", "none") not in ("none", None),
-        "memory_tokens_interspersed_every": bool(c.get("memory_tokens_interspersed_every", 0)),
-        "num_experts": c.get("num_experts", 1) != 1,
-        "num_mamba": c.get("num_mamba", 1) != 1,
-        "rope_type": c.get("rope_type", "ntk") not in ("ntk", "default", None),
-        "hidden_act": c.get("hidden_act", "silu") != "silu",
-        "intermediate_size": c.get("intermediate_size", 1) <= 0,
+        "attn_hidden_size": c["attn_hidden_size"] not in (-1, None, H),
+        "kq_head_dim": c["kq_head_dim"] not in (-1, None, H // heads),
+        "kq_norm": c["kq_norm"] not in ("none", None),
+        "memory_tokens_interspersed_every": bool(c["memory_tokens_interspersed_every"]),
+        "num_experts": c["num_experts"] != 1,
+        "num_mamba": c["num_mamba"] != 1,
+        "rope_type": c["rope_type"] not in ("ntk", "default", None),
+        "hidden_act": c["hidden_act"] != "silu",
+        "intermediate_size": c["intermediate_size"] <= 0,
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
@@ -74,16 +91,16 @@ def _check(c: dict) -> None:
 
 def rope_theta(c: dict, head_dim: int) -> float:
     """The rotary base: the remote code's "ntk" type raises it by ((2 max / orig_max) - 1)^(d / (d - 2))."""
-    theta = float(c.get("rope_theta", 10000.0))
-    if c.get("rope_type", "ntk") == "ntk":
+    theta = float(c["rope_theta"])
+    if c["rope_type"] == "ntk":
         theta *= (2 * c["max_position_embeddings"] / c["orig_max_position_embeddings"] - 1) ** (head_dim / (head_dim - 2))
     return theta
 
 
 def producers(c: dict) -> dict[int, int]:
     """{consumer layer: producer layer} of cross-layer KV sharing."""
-    groups = c.get("kv_reuse_group")
-    every = c.get("kv_reuse_every_i_layer", -1) or -1
+    groups = c["kv_reuse_group"]
+    every = c["kv_reuse_every_i_layer"] or -1
     if groups:
         return {i: g[0] for g in groups for i in g[1:]}
     if every > 0:
@@ -93,8 +110,8 @@ def producers(c: dict) -> dict[int, int]:
 
 def windows(c: dict) -> list[int | None]:
     """Per layer: keys a query sees counting itself (sliding_window + 1), or None for global attention."""
-    w = c.get("sliding_window")
-    glob = set(c.get("global_attn_idx") or [])
+    w = c["sliding_window"]
+    glob = set(c["global_attn_idx"] or [])
     return [None if w is None or i in glob else w + 1 for i in range(c["num_hidden_layers"])]
 
 
@@ -106,26 +123,26 @@ class HymbaMixer(nn.Module):
         super().__init__()
         self.index = index
         H, heads = c["hidden_size"], c["num_attention_heads"]
-        self.d_inner = D = int(c.get("mamba_expand", 2) * H)
+        self.d_inner = D = int(c["mamba_expand"] * H)
         self.heads, self.head_dim, self.v_head_dim = heads, H // heads, D // heads
-        self.d_state = N = c.get("mamba_d_state", 16)
-        rank = c.get("mamba_dt_rank", "auto")
+        self.d_state = N = c["mamba_d_state"]
+        rank = c["mamba_dt_rank"]
         self.dt_rank = R = math.ceil(H / 16) if rank == "auto" else rank
         self.layout, self.producer, self.consumers, self.rope = layout, producer, consumers, rope
         self.scaling = self.head_dim ** -0.5
         kv = 0 if producer is not None else layout.n_kv_heads * (layout.k_dim + layout.v_dim)
         self.split = [H, D, D] if producer is not None else [H, layout.n_kv_heads * layout.k_dim,
                                                              layout.n_kv_heads * layout.v_dim, D, D]
-        bias, eps = c.get("mamba_proj_bias", False), c.get("rms_norm_eps", 1e-6)
+        bias, eps = c["mamba_proj_bias"], c["rms_norm_eps"]
         self.in_proj = nn.Linear(H, H + kv + 2 * D, bias=bias)
-        self.conv1d = depthwise_conv(D, c.get("mamba_d_conv", 4), c.get("mamba_conv_bias", True))
+        self.conv1d = depthwise_conv(D, c["mamba_d_conv"], c["mamba_conv_bias"])
         self.x_proj = nn.Linear(D, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, D, bias=True)
         with torch.no_grad():  # realistic random dt (the checkpoint overwrites it)
             self.dt_proj.bias.copy_(inverse_softplus_dt(D))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(D, 1))  # [D,N]
         self.D = nn.Parameter(torch.ones(D))
-        inner = c.get("mamba_inner_layernorms", True)
+        inner = c["mamba_inner_layernorms"]
         self.dt_layernorm = RMSNorm(R, eps) if inner else None
         self.B_layernorm = RMSNorm(N, eps) if inner else None
         self.C_layernorm = RMSNorm(N, eps) if inner else None
@@ -167,12 +184,12 @@ class HymbaBlock(Block):
 
     def __init__(self, c: dict, mixer: HymbaMixer):
         super().__init__()
-        H, eps = c["hidden_size"], c.get("rms_norm_eps", 1e-6)
+        H, eps = c["hidden_size"], c["rms_norm_eps"]
         self.input_layernorm = RMSNorm(H, eps)
         self.mamba = mixer
         self.pre_moe_layernorm = RMSNorm(H, eps)
-        self.mlp = GatedMLP(H, c["intermediate_size"], c.get("mlp_hidden_act", "silu"))
-        self.n_meta = c.get("num_memory_tokens", 0)
+        self.mlp = GatedMLP(H, c["intermediate_size"], c["mlp_hidden_act"])
+        self.n_meta = c["num_memory_tokens"]
 
     def state_slots(self, batch: int, max_len: int) -> list[StateSlot]:
         """conv [B,D,K-1], ssm [B,D,N] f32, and (producers only) k/v caches that also hold the meta tokens."""
@@ -197,11 +214,10 @@ def _tracing() -> bool:
 class HymbaLM(LM):
     """The decoder LM plus the meta tokens, prepended when a fresh state is prefilled."""
 
-    def __init__(self, spec: ModelSpec, embed, blocks, norm, head):
+    def __init__(self, spec: ModelSpec, embed, blocks, norm, head, n_meta: int):
         super().__init__(spec, embed, blocks, norm, head)
-        c = spec.config
-        self.n_prefix = c.get("num_memory_tokens", 0)
-        self.memory_tokens = nn.Parameter(torch.randn(self.n_prefix, c["hidden_size"])) if self.n_prefix else None
+        self.n_prefix = n_meta  # tokens prepended to a fresh state (parity.check_chunked reads it)
+        self.memory_tokens = nn.Parameter(torch.randn(n_meta, embed.weight.shape[1])) if n_meta else None
 
     def embed_tokens(self, ids: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         """ids[B,L] -> x[B,L,H], or [B,M+L,H] with the meta tokens first for a fresh state."""
@@ -221,16 +237,16 @@ class HymbaLM(LM):
 
 def build(spec: ModelSpec) -> LM:
     """HymbaForCausalLM (remote code) from spec.config."""
-    c = spec.config
+    c = hymba_config(spec)
     _check(c)
     H, heads = c["hidden_size"], c["num_attention_heads"]
     n_layers, hd = c["num_hidden_layers"], H // heads
-    v_hd = int(c.get("mamba_expand", 2) * H) // heads
+    v_hd = int(c["mamba_expand"] * H) // heads
     rope = None
-    if c.get("rope", True):
+    if c["rope"]:
         rope = RotaryEmbedding(RopeConfig(rope_type="default", theta=rope_theta(c, hd), head_dim=hd, rotary_dim=hd))
     prod, wins = producers(c), windows(c)
-    layouts = [KVLayout(c.get("num_key_value_heads") or heads, hd, v_hd, wins[i], c.get("num_memory_tokens", 0))
+    layouts = [KVLayout(c["num_key_value_heads"] or heads, hd, v_hd, wins[i], c["num_memory_tokens"])
                for i in range(n_layers)]
     for cons, p in prod.items():
         if p in prod or p >= cons or layouts[p] != layouts[cons]:
@@ -239,9 +255,8 @@ def build(spec: ModelSpec) -> LM:
     mixers = [HymbaMixer(c, i, layouts[i], prod.get(i), i in prod.values(), rope) for i in range(n_layers)]
     embed = nn.Embedding(c["vocab_size"], H)
     blocks = [HymbaBlock(c, m) for m in mixers]
-    eps = c.get("rms_norm_eps", 1e-6)
-    return HymbaLM(spec, embed, blocks, RMSNorm(H, eps), lm_head({**c, "tie_word_embeddings": c.get(
-        "tie_word_embeddings", True)}, embed))
+    eps = c["rms_norm_eps"]
+    return HymbaLM(spec, embed, blocks, RMSNorm(H, eps), lm_head(c, embed), c["num_memory_tokens"])
 
 
 HF_RULES = (
