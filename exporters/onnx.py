@@ -1,0 +1,227 @@
+"""ONNX export (torch.onnx, dynamo exporter): prefill.onnx, prefill_next.onnx and decode.onnx.
+
+Each graph is `torch.export` of one LM step, then `torch.onnx.export` of that program:
+
+    prefill       lm.prefill(ids[B,L], state, first=True)    the first chunk, from a fresh (zero) state
+    prefill_next  lm.prefill(ids[B,L], state, first=False)   any later chunk (chunked prefill)
+    decode        lm.decode(ids[B,1], state)                 static shapes
+
+Why two prefill graphs: `first=True` attends over the new tokens alone (causal, no [L, max_len] mask)
+and skips reading the zero SSM states, and Hymba prepends its meta tokens only there; an exported
+graph cannot look at `pos` to decide, so continuing a state needs the `first=False` graph. The ORT
+runner uses prefill for a full prompt and for the first chunk, prefill_next for the others.
+
+I/O of every graph: `ids` (int64 [B, L]) then `past.<slot>` for each State slot in layout order
+(`past.layers.3.k`, ..., `past.pos`); outputs `logits` (float32 [B, V]) then `present.<slot>` in the
+same order. Batch and max_len are static (options.batch, options.max_len); L is the only dynamic axis
+(prefill graphs, named "L", 1..max_len). The manifest (`shape_ranges`) records each graph's inputs,
+outputs, dtypes, dims and dynamic axes, the opset, the SSM lowering, node counts, and per state slot
+whether `present` may be written into `past`'s buffer (`inplace`, see onnx_graph.inplace_slots).
+
+SSM lowering (options.extra["onnx_ssm"]):
+- "standard" (default): traced under `edgeports.kernels.use("torch")`, so the SSM ops become their
+  chunked decomposition in standard ONNX ops. Mamba2's SSD and the convolutions are loop-free; Mamba1's
+  scan over chunks is torch's `scan` higher-order op, which torch.onnx lowers to one ONNX `Scan` node per
+  layer (body: the parallel scan inside a chunk). The graph size does not depend on L.
+- "custom": the `edgeports::` custom ops stay opaque and become one `ai.edgeports` node each
+  (exporters/onnx_custom.py documents the nodes); for the TensorRT plugins. ONNX Runtime cannot run it.
+
+Other knobs (options.extra): onnx_opset (default 23: SDPA becomes ONNX `Attention`, RMSNorm
+`RMSNormalization`; at least 18, where both are decomposed), onnx_chunked (default true: also write
+prefill_next.onnx). Weights are always external data in one `weights.bin` shared by the three graphs
+(onnx_graph.WeightStore), so the 2 GB protobuf limit never applies and the runner loads them once.
+Every graph passes onnx.checker (full check, with strict shape inference) before the artifact is kept.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeports.errors import EdgeportsError
+from edgeports.exporters.base import (
+    Artifact,
+    ExportOptions,
+    build_lm,
+    layout_json,
+    library_versions,
+    resolve_spec,
+    stage,
+    write_manifest,
+)
+from edgeports.models import LM, ModelSpec
+
+NAME = "onnx"
+GRAPHS = ("prefill", "prefill_next", "decode")
+SSM_LOWERINGS = ("standard", "custom")
+DEFAULT_OPSET = 23
+MIN_OPSET = 18
+TRACE_LEN = 37  # sample prompt length for tracing (prime: unlikely to coincide with a static dim)
+LEN_AXIS = "L"
+
+
+def available() -> tuple[bool, str]:
+    """torch.onnx's dynamo exporter needs onnx and onnxscript."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not installed (pip install 'edgeports[onnx]')"
+    return True, ""
+
+
+def ssm_lowering(options: ExportOptions) -> str:
+    """options.extra["onnx_ssm"], checked."""
+    mode = options.get("onnx_ssm", "standard")
+    if mode not in SSM_LOWERINGS:
+        raise EdgeportsError(f"onnx_ssm must be one of {', '.join(SSM_LOWERINGS)}, got {mode!r}")
+    return mode
+
+
+def opset(options: ExportOptions) -> int:
+    """options.extra["onnx_opset"], checked."""
+    try:
+        value = int(options.get("onnx_opset", DEFAULT_OPSET))
+    except (TypeError, ValueError):
+        raise EdgeportsError(f"onnx_opset must be an integer, got {options.get('onnx_opset')!r}") from None
+    if value < MIN_OPSET:
+        raise EdgeportsError(f"onnx_opset {value} is too old: the exporter needs >= {MIN_OPSET}")
+    return value
+
+
+def graphs(options: ExportOptions) -> tuple[str, ...]:
+    """The graphs an export writes: prefill_next only when chunked prefill is wanted (the default)."""
+    chunked = str(options.get("onnx_chunked", True)).lower() not in ("0", "false", "no")
+    return GRAPHS if chunked else ("prefill", "decode")
+
+
+class Step(torch.nn.Module):
+    """One LM step with the flat signature the graphs take: (ids, *state) -> (logits, *state)."""
+
+    def __init__(self, lm: LM, graph: str):
+        super().__init__()
+        self.lm, self.graph = lm, graph
+
+    def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.graph == "decode":
+            logits, new = self.lm.decode(ids, tuple(state))
+        else:
+            logits, new = self.lm.prefill(ids, tuple(state), first=self.graph == "prefill")
+        return (logits, *new)
+
+
+def io_names(layout) -> tuple[list[str], list[str]]:
+    """Graph input and output names for a state layout."""
+    return (["ids"] + [f"past.{s.name}" for s in layout], ["logits"] + [f"present.{s.name}" for s in layout])
+
+
+def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_version: int, trace_len: int = TRACE_LEN):
+    """torch.export + torch.onnx.export of one graph -> an onnx_ir Model (not yet saved)."""
+    from edgeports import kernels
+    from edgeports.exporters import onnx_custom
+
+    layout = lm.state_layout(batch, max_len)
+    state = lm.new_state(batch, max_len, "cpu")
+    length = 1 if graph == "decode" else min(trace_len, max_len)
+    ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, length))
+    length_dim = None if graph == "decode" else {1: torch.export.Dim.DYNAMIC(min=1, max=max_len)}
+    dynamic = (length_dim, tuple(None for _ in state))
+    inputs, outputs = io_names(layout)
+    # standard: trace the decomposition; custom: the edgeports:: ops stay opaque (one node each)
+    with kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad():
+        program = torch.export.export(Step(lm, graph), (ids, *state), dynamic_shapes=dynamic, strict=False)
+    table = onnx_custom.translation_table() if lowering == "custom" else None
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs, output_names=outputs,
+                                     opset_version=opset_version, custom_translation_table=table,
+                                     optimize=False, verbose=False)
+    model = onnx_program.model
+    _optimize(model)
+    if lowering == "custom":
+        onnx_custom.pad_inputs(model)
+    return model
+
+
+def _optimize(model) -> None:
+    """onnxscript's optimizer minus its pattern rewrites (slow on big graphs; ORT and TensorRT fuse
+    anyway): fold constants (transposed weights included), drop dead nodes, dedupe initializers, CSE."""
+    from onnx_ir import passes
+    from onnx_ir.passes import common
+    from onnxscript.optimizer import _constant_folding
+
+    passes.Sequential(
+        common.InlinePass(),
+        _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192, output_size_limit=1 << 18),
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedOpsetsPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
+
+
+def _length_symbol(model) -> str | None:
+    dim = model.graph.inputs[0].shape[1]
+    return None if isinstance(dim, int) else dim.value
+
+
+def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
+    """Write prefill.onnx (+ prefill_next.onnx) + decode.onnx, weights.bin/.json and the manifest."""
+    import onnx
+    import onnx_ir as ir
+
+    from edgeports.exporters import onnx_custom, onnx_graph
+
+    ok, reason = available()
+    if not ok:
+        raise EdgeportsError(f"cannot export to ONNX: {reason}")
+    t0 = time.perf_counter()
+    spec = resolve_spec(source)
+    lowering, opset_version, names = ssm_lowering(options), opset(options), graphs(options)
+    if isinstance(source, LM):
+        lm = source.cpu().eval()
+        options = replace(options, dtype=next(lm.parameters()).dtype, weights="<in-memory LM>")
+    else:
+        lm = build_lm(spec, replace(options, device="cpu"), device="cpu")  # an ONNX graph has no device
+    layout = lm.state_layout(options.batch, options.max_len)
+    pairs = list(zip(*[n[1:] for n in io_names(layout)], strict=True))
+    if lowering == "custom":
+        onnx_custom.register_schemas()
+    info: dict[str, Any] = {}
+    with stage(out_dir) as tmp:
+        store = onnx_graph.WeightStore(tmp)
+        for graph in names:
+            t1 = time.perf_counter()
+            model = trace(lm, graph, options.batch, options.max_len, lowering, opset_version)
+            sym = _length_symbol(model)
+            if sym is not None:
+                onnx_graph.rename_dims(model, {sym: LEN_AXIS})
+            store.externalize(model)
+            path = tmp / f"{graph}.onnx"
+            ir.save(model, path)
+            onnx.checker.check_model(str(path), full_check=True)
+            sig = onnx_graph.signature(model)
+            info[graph] = {"file": path.name, **sig, "dynamic_axes": onnx_graph.dynamic_axes(sig),
+                           "nodes": model.graph.num_nodes(), "custom_nodes": _count_domain(model),
+                           "inplace": onnx_graph.inplace_slots(model, pairs), "export_s": time.perf_counter() - t1}
+        store.write_index()
+        ranges = {"batch": [options.batch, options.batch], "max_len": options.max_len,
+                  "prefill_len": [1, options.max_len], "opset": opset_version, "onnx_ssm": lowering,
+                  "weights_bytes": store.nbytes, "graphs": info}
+        art = write_manifest(tmp, Path(out_dir), backend=NAME, spec=spec, options=options,
+                             state_layout=layout_json(layout), shape_ranges=ranges,
+                             versions=library_versions("onnx", "onnxscript", "onnx_ir"),
+                             export_s=time.perf_counter() - t0)
+    return art
+
+
+def _count_domain(model, domain: str = "ai.edgeports") -> int:
+    from onnx_ir import traversal
+
+    return sum(1 for n in traversal.RecursiveGraphIterator(model.graph) if n.domain == domain)

@@ -1,0 +1,311 @@
+"""ONNX Runtime runner for `onnx` artifacts (exporters/onnx.py): one InferenceSession per graph.
+
+Provider: the CUDA execution provider for a cuda device (onnxruntime-gpu; Unsupported when this
+onnxruntime has none), the CPU provider otherwise; full graph optimisation (ORT_ENABLE_ALL). What ran
+is in `info["provider"]`, which every row records (runner_info).
+
+Device-resident I/O: everything goes through IO binding on torch tensors (DLPack, no copies), so the
+state never leaves the device. On CUDA, ORT runs on torch's current stream (user_compute_stream) without
+a host sync per run; `sync()` waits for the stream. The weights are loaded once from the artifact's
+shared weights.bin into torch tensors on the device and handed to all sessions as shared initializers,
+so the three graphs hold one copy (ORT's own folded constants, if any, are per session).
+
+State: the artifact's static layout (batch, max_len). A slot whose graph writes `present` only after
+every read of `past` (manifest `inplace`) is bound to one buffer as both input and output, so KV caches
+are updated in place; the other slots (e.g. `pos` where positions are read after it is
+advanced, a ring KV cache read before its write) alternate between two buffers (ping-pong).
+Prefill of a full prompt or of a first chunk runs prefill.onnx, later chunks prefill_next.onnx.
+
+Artifacts with the `custom` SSM lowering (ai.edgeports nodes, made for the TensorRT plugins) need a
+custom-op library implementing that domain: set EDGEPORTS_ORT_CUSTOM_OPS to its path; without it the
+runner refuses them (Unsupported). `layer_profile()` runs ORT's profiler (enable_profiling) and maps
+node times onto the op categories of edgeports.measure.ops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeports.errors import EdgeportsError
+from edgeports.exporters.base import Artifact
+from edgeports.models import torch_dtype
+from edgeports.runners.base import DEFAULT_HEADROOM, DTYPES, Capabilities, StepRunner, Unsupported
+
+NAME = "onnx"
+CAPS = Capabilities(devices=("cpu", "cuda"), dtypes=DTYPES, prefill_modes=("full", "chunk"))
+CUSTOM_OPS_ENV = "EDGEPORTS_ORT_CUSTOM_OPS"
+_TORCH_DTYPES = {"float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64,
+                 "int64": torch.int64, "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
+                 "bool": torch.bool}
+
+
+def available() -> tuple[bool, str]:
+    """onnxruntime importable (the exporter's onnx/onnxscript are checked by the exporter)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False, "onnxruntime not installed (pip install 'edgeports[onnx]'; onnxruntime-gpu for CUDA)"
+    return True, ""
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def ortvalue(t: torch.Tensor):
+    """An OrtValue viewing a contiguous torch tensor's memory (DLPack: no copy, any device and dtype)."""
+    ort = _ort()
+    try:
+        return ort.OrtValue.from_dlpack(t)
+    except TypeError:  # older onnxruntime: the C binding takes a capsule and a bool flag
+        from onnxruntime.capi import _pybind_state as C
+
+        return ort.OrtValue(C.OrtValue.from_dlpack(t.__dlpack__(), t.dtype == torch.bool))
+
+
+def providers(device: torch.device) -> list:
+    """The execution providers for `device` (CUDA EP on torch's current stream, or CPU)."""
+    ort = _ort()
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise Unsupported(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider (providers: "
+                          f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(torch.device("cuda", index)).cuda_stream
+    # HEURISTIC: an exhaustive cuDNN search per new prompt length would land inside timed prefills
+    return [("CUDAExecutionProvider", {"device_id": str(index), "user_compute_stream": str(stream),
+                                       "cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+
+
+@dataclass
+class _State:
+    """The state buffers: `cur` per slot (layout order, pos last) and a second buffer per ping-pong slot."""
+
+    cur: list[torch.Tensor]
+    spare: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Graph:
+    """One graph's session, its in/out names and which slots it updates in place."""
+
+    session: Any
+    binding: Any
+    inputs: list[str]
+    outputs: list[str]
+    inplace: list[bool]
+    bound: dict[str, int] = field(default_factory=dict)  # name -> data_ptr currently bound
+
+
+class OrtRunner(StepRunner):
+    """prefill/decode through ONNX Runtime sessions of an onnx artifact."""
+
+    backend = NAME
+
+    def __init__(self, artifact: Artifact, device: torch.device | str):
+        super().__init__(device, torch_dtype(artifact.dtype))
+        ort = _ort()
+        self.artifact = artifact
+        ranges = artifact.shape_ranges
+        self.batch, self.max_len = ranges["batch"][0], ranges["max_len"]
+        self.layout = artifact.state_layout
+        self._providers = providers(self.device)
+        self._custom_ops = _custom_ops_library(ranges.get("onnx_ssm", "standard"))
+        self._weights = self._load_weights()
+        self.weight_bytes = sum(t.numel() * t.element_size() for t, _ in self._weights.values())
+        self._run_options = ort.RunOptions()
+        if self.device.type == "cuda":  # ordered on torch's stream; sync() waits (no host sync per run)
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._graphs = {name: self._graph(name) for name in ranges["graphs"]}
+        used = self._graphs["prefill"].session.get_providers()
+        self.info = {"provider": used[0], "providers": used, "onnxruntime": ort.__version__,
+                     "graphs": sorted(self._graphs), "opset": ranges.get("opset"), "onnx_ssm": ranges.get("onnx_ssm"),
+                     "state_max_len": self.max_len, "shared_weights": len(self._weights),
+                     "inplace_slots": {g: sum(x.inplace) for g, x in self._graphs.items()}}
+
+    # ---- loading ----------------------------------------------------------------------------------
+    def _load_weights(self) -> dict[str, tuple[torch.Tensor, Any]]:
+        """weights.bin -> {name: (device tensor, OrtValue)}, one copy shared by every session."""
+        import numpy as np
+
+        from edgeports.exporters.onnx_graph import WEIGHTS_FILE, WEIGHTS_INDEX
+
+        index = json.loads(self.artifact.file(WEIGHTS_INDEX).read_text())
+        raw = np.memmap(self.artifact.file(WEIGHTS_FILE), dtype=np.uint8, mode="r")
+        out = {}
+        for name, e in index.items():
+            buf = raw[e["offset"]:e["offset"] + e["length"]]
+            t = torch.frombuffer(memoryview(buf), dtype=_TORCH_DTYPES[e["dtype"]]).reshape(e["shape"])
+            t = t.to(self.device, copy=True).contiguous()  # a copy: the mmap stays read-only and unpinned
+            out[name] = (t, ortvalue(t))
+        return out
+
+    def _session(self, name: str, profile_dir: str | None = None):
+        ort = _ort()
+        import onnx
+
+        path = self.artifact.file(self.artifact.shape_ranges["graphs"][name]["file"])
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if profile_dir is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(profile_dir) / name)
+        if self._custom_ops:
+            so.register_custom_ops_library(self._custom_ops)
+        for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+            if init.name in self._weights:
+                so.add_initializer(init.name, self._weights[init.name][1])
+        try:
+            return ort.InferenceSession(str(path), so, providers=self._providers)
+        except Exception as e:
+            if type(e).__name__ == "NotImplemented":  # no kernel for an op at this dtype on this provider
+                raise Unsupported(f"ONNX Runtime ({self._provider_name()}) cannot run this {self.artifact.dtype} "
+                                  f"graph: {str(e).splitlines()[0]}") from None
+            raise
+
+    def _graph(self, name: str, profile_dir: str | None = None) -> _Graph:
+        sess = self._session(name, profile_dir)
+        meta = self.artifact.shape_ranges["graphs"][name]
+        inputs, outputs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+        inplace = [bool(meta["inplace"].get(o)) for o in outputs[1:]]
+        return _Graph(sess, sess.io_binding(), inputs, outputs, inplace)
+
+    def _provider_name(self) -> str:
+        p = self._providers[0]
+        return p[0] if isinstance(p, tuple) else p
+
+    # ---- StepRunner hooks -------------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
+        """As StepRunner.prefill; the state always has the artifact's static max_len."""
+        length = ids.shape[1]
+        max_len = max_len or min(length + DEFAULT_HEADROOM, self.max_len)
+        if max_len > self.max_len:
+            raise EdgeportsError(f"{length} prompt tokens + decode need max_len {max_len}, but the ONNX graphs were "
+                                 f"exported for max_len {self.max_len}; export again with a larger --max-len")
+        if chunk is not None and chunk < length and "prefill_next" not in self._graphs:
+            raise Unsupported("this onnx artifact has no prefill_next.onnx (exported with onnx_chunked=false): "
+                              "chunked prefill needs it")
+        return super().prefill(ids, chunk, max_len)
+
+    def new_state(self, batch: int, max_len: int) -> _State:
+        if batch != self.batch:
+            raise EdgeportsError(f"the ONNX graphs were exported for batch {self.batch}, not {batch}")
+        cur = [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"]), device=self.device) for s in self.layout]
+        pingpong = {i for g in self._graphs.values() for i, ok in enumerate(g.inplace) if not ok}
+        return _State(cur, {i: torch.empty_like(cur[i]) for i in sorted(pingpong)})
+
+    def prefill_step(self, ids: torch.Tensor, state: _State, first: bool) -> tuple[torch.Tensor, _State]:
+        return self._run("prefill" if first else "prefill_next", ids, state)
+
+    def decode_step(self, ids: torch.Tensor, state: _State) -> tuple[torch.Tensor, _State]:
+        return self._run("decode", ids, state)
+
+    def state_nbytes(self, state: _State) -> int:
+        """KV/conv/SSM state buffers, ping-pong spares included (pos is bookkeeping)."""
+        tensors = state.cur[:-1] + [t for i, t in state.spare.items() if i < len(state.cur) - 1]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # ---- one run ----------------------------------------------------------------------------------
+    def _run(self, name: str, ids: torch.Tensor, state: _State) -> tuple[torch.Tensor, _State]:
+        g = self._graphs[name]
+        ids = ids.to(device=self.device, dtype=torch.int64).contiguous()
+        logits = torch.empty((ids.shape[0], self.artifact.spec.config["vocab_size"]), dtype=torch.float32,
+                             device=self.device)
+        self._bind(g, g.inputs[0], ids, True)
+        self._bind(g, g.outputs[0], logits, False)
+        for i, (src, dst, inplace) in enumerate(zip(g.inputs[1:], g.outputs[1:], g.inplace, strict=True)):
+            self._bind(g, src, state.cur[i], True)
+            self._bind(g, dst, state.cur[i] if inplace else state.spare[i], False)
+        g.session.run_with_iobinding(g.binding, self._run_options)
+        for i, inplace in enumerate(g.inplace):
+            if not inplace:
+                state.cur[i], state.spare[i] = state.spare[i], state.cur[i]
+        return logits, state
+
+    @staticmethod
+    def _bind(g: _Graph, name: str, t: torch.Tensor, is_input: bool) -> None:
+        """Bind `t` to `name` unless it is bound already (in-place state keeps its bindings across steps)."""
+        key = t.data_ptr()
+        if g.bound.get(name) == key:
+            return
+        value = ortvalue(t)
+        g.binding.bind_ortvalue_input(name, value) if is_input else g.binding.bind_ortvalue_output(name, value)
+        g.bound[name] = key
+
+    # ---- profiling --------------------------------------------------------------------------------
+    def layer_profile(self, ids: torch.Tensor, chunk: int | None = None, decode_steps: int = 0) -> dict[str, Any]:
+        """Prefill ids (and decode `decode_steps` tokens) in sessions with ORT's profiler on. Returns
+        {"layers": {phase: [(node, op_type, ms), ...]}, "categories": {phase: {category: ms}}}, the
+        prefill phase covering prefill and prefill_next."""
+        from edgeports.measure.ops import breakdown
+
+        saved = self._graphs
+        out: dict[str, Any] = {"layers": {}, "categories": {}}
+        with tempfile.TemporaryDirectory(prefix="edgeports-ort-profile-") as tmp:
+            self._graphs = {name: self._graph(name, tmp) for name in saved}
+            try:
+                self.prefill(ids, chunk=chunk)
+                if decode_steps:
+                    self.decode(decode_steps)
+                self.sync()
+                rows = {name: _profile_rows(g.session.end_profiling()) for name, g in self._graphs.items()}
+            finally:
+                self._graphs = saved
+                self.reset()
+        phases = {"prefill": rows.get("prefill", []) + rows.get("prefill_next", []), "decode": rows.get("decode", [])}
+        for phase, items in phases.items():
+            out["layers"][phase] = items
+            out["categories"][phase] = breakdown(items)
+        return out
+
+    def close(self) -> None:
+        """Drop the state, the sessions and the shared weights."""
+        super().close()
+        self._graphs = {}
+        self._weights = {}
+
+
+def _profile_rows(path: str) -> list[tuple[str, str, float]]:
+    """ORT profile JSON -> [(node, op_type, ms)] of the main graph's node kernels (a Scan's body nodes are
+    inside the Scan's own time, so they are left out)."""
+    events = json.loads(Path(path).read_text())
+    rows = []
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and "op_name" in args:
+            if args.get("parent_name") or args.get("subgraph"):
+                continue
+            rows.append((e["name"][: -len("_kernel_time")], args["op_name"], e.get("dur", 0) / 1e3))
+    os.unlink(path)
+    return rows
+
+
+def _custom_ops_library(lowering: str) -> str | None:
+    """The custom-op library for an artifact with ai.edgeports nodes, or Unsupported without one."""
+    if lowering != "custom":
+        return None
+    lib = os.environ.get(CUSTOM_OPS_ENV)
+    if not lib:
+        raise Unsupported("this onnx artifact uses the ai.edgeports SSM nodes (--onnx-ssm custom, made for the "
+                          "TensorRT plugins), which ONNX Runtime has no kernels for: export with the standard "
+                          f"lowering, or set {CUSTOM_OPS_ENV} to a custom-op library implementing that domain")
+    if not Path(lib).is_file():
+        raise EdgeportsError(f"{CUSTOM_OPS_ENV}={lib}: no such file")
+    return lib
+
+
+def load(artifact: Artifact, device: str) -> OrtRunner:
+    """An OrtRunner for an onnx artifact on `device` (cpu or cuda[:i])."""
+    if artifact.path is None:
+        raise EdgeportsError("the ONNX Runtime runner needs an exported artifact (edgeports export --backend onnx)")
+    return OrtRunner(artifact, device)
