@@ -106,7 +106,9 @@ def doctor():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
               help="Local HF checkpoint directory with the weights.")
-def export(model, backend, out, dtype, max_len, device, seed, weights):
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Backend-specific export option, "
+              "repeatable (e.g. onnx_ssm=custom, onnx_opset=18, onnx_chunked=false, trt_ssm=onnx-ops).")
+def export(model, backend, out, dtype, max_len, device, seed, weights, opts):
     """Export one model with one backend into an artifact directory."""
     from edgeports.backends import get_backend
     from edgeports.exporters.base import ExportOptions, canonical_dtype
@@ -117,8 +119,11 @@ def export(model, backend, out, dtype, max_len, device, seed, weights):
     ok, reason = b.available()
     if not ok:
         raise EdgeportsError(f"backend {backend!r} is not available here: {reason}")
+    bad = [o for o in opts if "=" not in o or not o.split("=", 1)[0]]
+    if bad:
+        raise EdgeportsError(f"--opt wants KEY=VALUE, got {bad[0]!r}")
     options = ExportOptions(dtype=canonical_dtype(dtype or spec.dtype), seed=seed, weights=weights,
-                            max_len=max_len, device=device)
+                            max_len=max_len, device=device, extra=tuple(o.split("=", 1) for o in opts))
     out = out or Path("artifacts") / backend / f"{spec.name}-{options.dtype}"
     art = b.export(spec, out, options)
     click.echo(f"exported {spec.name} ({options.dtype}) for {backend} to {art.path} in {art.export_s:.1f} s")
