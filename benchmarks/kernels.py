@@ -267,6 +267,7 @@ def main(argv=None):
     ap.add_argument("--sweep-len", type=int, default=16384)
     ap.add_argument("--no-table", action="store_true", help="only the sweep")
     ap.add_argument("--sweep-only", default="scan,ssd,conv,update", help="which sweeps (comma list)")
+    ap.add_argument("--ops", default="mamba1,mamba2,decode", help="which table parts (comma list)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -282,7 +283,10 @@ def main(argv=None):
     H2, P2, N2, G2 = m2["num_heads"], m2["head_dim"], m2["state_size"], m2["n_groups"]
     d2 = m2["expand"] * m2["hidden_size"]
     rows1, rows2 = [], []
+    ops = set(args.ops.split(","))
     for L in ([] if args.no_table else lens):
+        if "mamba1" not in ops:
+            break
         kw = mamba1_scan(m1, L)
         t = time_all(scan_impls(kw, L, args, peer))
         nb = 2 * (3 * D1 * L + 2 * N1 * L + D1 * L) + 8 * D1 * N1
@@ -295,6 +299,7 @@ def main(argv=None):
                          (D1, m1["hidden_size"])])
         rows1[-2]["extra"] += f"; layer GEMMs {gm:.3f} ms (scan = {100 * rows1[-2]['ms'] / gm:.0f}%)"
         del kw, x
+    for L in ([] if args.no_table or "mamba2" not in ops else lens):
         kw = mamba2_ssd(m2, L)
         t = time_all(ssd_impls(kw, L, args, peer))
         T = 256
@@ -309,7 +314,7 @@ def main(argv=None):
         rows2.append(row("causal_conv1d", f"L={L}", t, 4 * cdim * L, 8 * cdim * L, pk))
         del kw, x
         torch.cuda.empty_cache()
-    for bt in (() if args.no_table else (1, 64)):
+    for bt in (() if args.no_table or "decode" not in ops else (1, 64)):
         rows1.append(decode_update_row(pk, peer, bt, 1, D1, N1, 1, False))
         rows2.append(decode_update_row(pk, peer, bt, H2, P2, N2, G2, True))
         rows1.append(decode_conv_row(pk, bt, D1))

@@ -137,7 +137,8 @@ def main(argv=None):
                 try:
                     # decode speed does not depend on the prompt length for SSMs: measured after the first
                     res[impl][L] = ours(lm, impl, L, args.decode if L == lens[0] else 0, dev)
-                except torch.cuda.OutOfMemoryError:
+                except Exception as e:  # noqa: BLE001 - OOM or a failure: the cell is empty, the run goes on
+                    print(f"  {impl} L={L} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
                     res[impl][L] = None
                 torch.cuda.empty_cache() if torch.cuda.is_available() else None
                 print(f"  {impl} L={L}: {res[impl][L]}", flush=True)
@@ -149,7 +150,8 @@ def main(argv=None):
             for L in sorted(hf_lens):
                 try:
                     res["hf"][L] = hf(model, L, args.decode, dev)
-                except torch.cuda.OutOfMemoryError:
+                except Exception as e:  # noqa: BLE001 - OOM or a failure: the cell is empty, the run goes on
+                    print(f"  hf L={L} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
                     res["hf"][L] = None
                 print(f"  hf L={L}: {res['hf'][L]}", flush=True)
             del model
@@ -169,6 +171,7 @@ def _table(name, res, lens, impls, dtype):
     for L in sorted(set(lens) | set(res["hf"])):
         b = res[base].get(L)
         if b is None:
+            print(f"{L:>7} {base} failed")
             continue
         cells = []
         for o in others:

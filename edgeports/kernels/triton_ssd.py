@@ -145,9 +145,12 @@ def _chunk_scan(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, T: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_mp = tl.program_id(0)
-    c = tl.program_id(1)
-    bh = tl.program_id(2)
+    # heads vary fastest over the launch order: the programs that read one chunk's CB tiles (shared by
+    # the group's heads) run together, so those tiles come from L2 (at 64k tokens CB is larger than L2;
+    # chunk-major order re-read it from memory once per head)
+    bh = tl.program_id(0)
+    pid_mp = tl.program_id(1)
+    c = tl.program_id(2)
     b = (bh // H).to(tl.int64)
     h = bh % H
     g = h // HEADS_PER_GROUP
@@ -244,7 +247,7 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
     )
     y = torch.empty((bt, L, H, P), dtype=x.dtype, device=x.device)
     bp = min(cfg["BLOCK_P"], BP)
-    grid = ((T // cfg["BLOCK_M"]) * triton.cdiv(P, bp), nchunk, bt * H)
+    grid = (bt * H, (T // cfg["BLOCK_M"]) * triton.cdiv(P, bp), nchunk)
     _chunk_scan[grid](
         x, z, C, D, dto, cs, cb, prev, y,
         L, H, P, N, nchunk, G, H // G,
