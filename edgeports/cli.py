@@ -20,10 +20,15 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
 def _console():
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    # piped output defaults to 80 columns, which folds every table row into many lines
+    return console if console.is_terminal else Console(width=160)
 
 
 def _table(title: str | None, head: list[str], rows: list[list[str]]):
@@ -72,7 +77,7 @@ def _backend_rows():
         ok, reason = b.available()
         c = b.caps
         rows.append([b.name, "yes" if ok else "no", "yes" if b.needs_export else "no", ",".join(c.devices),
-                     ",".join(c.dtypes), ",".join(c.prefill_modes), reason or ""])
+                     ",".join(SHORT_DTYPES.get(d, d) for d in c.dtypes), ",".join(c.prefill_modes), reason or ""])
     return ["backend", "available", "export step", "devices", "dtypes", "prefill", "reason"], rows
 
 

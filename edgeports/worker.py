@@ -186,10 +186,11 @@ class Worker:
             if status == "error" and not _is_user_error(e):
                 traceback.print_exc()  # into the worker log: this is a bug somewhere
             msg.update(status=status, reason=_reason(e))
-            _release(self.job["device"])
         finally:
             if meter is not None and hasattr(meter, "close"):
                 meter.close()
+        if msg["status"] != "ok":
+            _release(self.job["device"])  # after the except block: the traceback no longer pins tensors
         return msg
 
 

@@ -2,7 +2,8 @@
 
 Runner-only (no export step): it builds `AutoModelForCausalLM.from_config` from the spec's HF
 config with seeded random weights, or `from_pretrained` from `--weights DIR` (local files only),
-and asks for the last position's logits only (`logits_to_keep=1`). Attention runs through SDPA.
+and asks for the last position's logits only (`logits_to_keep=1`). Attention runs through SDPA
+(transformers' default where the model supports it).
 transformers picks the mamba-ssm / causal-conv1d kernels by itself when they are importable; on
 the CPU this runner swaps them for transformers' torch fallbacks, so no CPU tensor reaches a CUDA
 kernel. Hub kernels are disabled (USE_HUB_KERNELS=0): nothing is downloaded at run time.
@@ -62,13 +63,15 @@ def hf_config(spec: ModelSpec):
 def build_hf(spec: ModelSpec, dtype: str, seed: int = 0, weights: str | None = None):
     """The transformers causal LM for a spec, on the CPU, in eval mode."""
     transformers = _transformers()
-    kwargs = {"dtype": torch_dtype(dtype), "attn_implementation": "sdpa"}
+    auto = transformers.AutoModelForCausalLM
+    config = transformers.AutoConfig.from_pretrained(weights, local_files_only=True) if weights else hf_config(spec)
+    # no attn_implementation: transformers picks SDPA where the model has it, and models without
+    # attention (Mamba) refuse the argument; the one chosen is recorded in the runner's info
+    kwargs = {"dtype": torch_dtype(dtype)}
     if weights:
-        model = transformers.AutoModelForCausalLM.from_pretrained(weights, local_files_only=True, **kwargs)
-    else:
-        torch.manual_seed(seed)
-        model = transformers.AutoModelForCausalLM.from_config(hf_config(spec), **kwargs)
-    return model.eval()
+        return auto.from_pretrained(weights, config=config, local_files_only=True, **kwargs).eval()
+    torch.manual_seed(seed)
+    return auto.from_config(config, **kwargs).eval()
 
 
 def kernel_wrappers(model) -> dict[str, Any]:
