@@ -32,7 +32,7 @@ from edgeports.errors import EdgeportsError
 from edgeports.exporters.base import canonical_dtype
 from edgeports.lens import format_len, parse_lens
 from edgeports.measure.memory import parse_bytes
-from edgeports.measure.row import Row, cell_key, now
+from edgeports.measure.row import CellConfig, Row, cell_key, now
 from edgeports.results import DEFAULT_DB, ResultStore
 from edgeports.runners.base import parse_prefill_mode
 
@@ -70,27 +70,14 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One measurement to make."""
+class Cell(CellConfig):
+    """One measurement to make: a Row's config plus how many untimed runs precede it."""
 
-    model: str
-    arch: str
-    family: str
-    backend: str
-    device: str
-    dtype: str
-    batch: int
-    prompt_len: int
-    decode_len: int
-    prefill_mode: str
-    mem_budget: int | None
-    weights: str
-    repeats: int
-    warmup: int
+    warmup: int = 1
 
     def config(self) -> dict[str, Any]:
         """The Row config fields of this cell."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "warmup"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(CellConfig)}
 
     @property
     def group(self) -> tuple[str, str]:
@@ -168,8 +155,10 @@ def plan(config: SweepConfig) -> Plan:
         for backend in backends:
             for mode in modes:
                 for n in lens:
-                    cell = Cell(spec.name, spec.arch, spec.family, backend.name, device, dtype, config.batch, n,
-                                decode_len, mode, budget, weights, repeats, config.warmup)
+                    cell = Cell(model=spec.name, arch=spec.arch, family=spec.family, backend=backend.name,
+                                device=device, dtype=dtype, batch=config.batch, prompt_len=n, decode_len=decode_len,
+                                prefill_mode=mode, mem_budget=budget, weights=weights, repeats=repeats,
+                                warmup=config.warmup)
                     try:
                         backend.caps.check(backend.name, device, dtype, mode)
                     except EdgeportsError as e:
@@ -298,6 +287,7 @@ def run_group(cells: list[Cell], config: SweepConfig, artifacts: Path, logs: Pat
             msg = worker.receive(config.load_timeout_s)
             if not isinstance(msg, dict) or msg.get("type") != "ready":
                 if msg == "timeout":
+                    worker.kill()
                     status, reason = "timeout", f"export + load took longer than {config.load_timeout_s:g} s"
                 elif msg is None:
                     status, reason = "error", worker.death()
@@ -310,12 +300,14 @@ def run_group(cells: list[Cell], config: SweepConfig, artifacts: Path, logs: Pat
                          if status == "oom" else {"status": status, "reason": reason})
                 return
             loaded = {k: msg.get(k) for k in ("export_s", "export_reused", "load_s")}
+            sent = 0
             while pending:
                 cut_short()
                 if not pending:
                     break
                 cell = pending[0]
-                worker.send({"id": 0, "prompt_len": cell.prompt_len, "decode_len": cell.decode_len,
+                sent += 1
+                worker.send({"id": sent, "prompt_len": cell.prompt_len, "decode_len": cell.decode_len,
                              "prefill_mode": cell.prefill_mode, "repeats": cell.repeats, "warmup": cell.warmup})
                 msg = worker.receive(config.timeout_s)
                 pending.pop(0)

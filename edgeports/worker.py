@@ -14,8 +14,8 @@ the protocol):
 
 The worker never decides what to run next, never touches the results store and never retries:
 the parent schedules cells, enforces timeouts and records crashes. `EDGEPORTS_FAULT` is a test
-hook: comma-separated `kill:<prompt_len>` (SIGKILL the worker), `hang:<prompt_len>` (stall) and
-`raise:<prompt_len>` (raise inside the cell) directives act when a cell of that length starts.
+hook: comma-separated `kill:<at>` (SIGKILL the worker), `hang:<at>` (stall) and `raise:<at>` (raise)
+directives act when the cell of prompt length <at> starts, or while loading when <at> is `load`.
 """
 
 from __future__ import annotations
@@ -67,18 +67,18 @@ def apply_mem_budget(budget: int | None, device: str, weight_bytes: int) -> None
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _fault(prompt_len: int) -> None:
-    """The EDGEPORTS_FAULT test hook: comma-separated `<action>:<prompt_len>` directives."""
+def _fault(where: int | str) -> None:
+    """The EDGEPORTS_FAULT test hook: comma-separated `<action>:<prompt_len or "load">` directives."""
     for directive in os.environ.get(FAULT_ENV, "").split(","):
         action, _, at = directive.partition(":")
-        if not (at.isdigit() and int(at) == prompt_len):
+        if at != str(where):
             continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "hang":
             time.sleep(3600)
         elif action == "raise":
-            raise RuntimeError(f"injected fault at prompt length {prompt_len}")
+            raise RuntimeError(f"injected fault at {where}")
 
 
 class Worker:
@@ -98,6 +98,7 @@ class Worker:
         from edgeports.runners.base import parse_prefill_mode
 
         job = self.job
+        _fault("load")
         self.spec = get_spec(job["model"])
         self.backend = get_backend(job["backend"])
         self.options = ExportOptions(dtype=job["dtype"], seed=job["seed"], weights=job["weights"],
@@ -132,8 +133,7 @@ class Worker:
         return result
 
     def _parity_against_reference(self, chunk: int | None):
-        import torch
-
+        """The runner vs an eager fp32 LM with its weights (the backend's parity_reference, else rebuilt)."""
         from edgeports.exporters.base import build_lm
         from edgeports.measure import parity
         from edgeports.measure.cell import prompt_ids
@@ -152,9 +152,6 @@ class Worker:
                                   self.options.dtype)
         except Exception as e:  # a reference that cannot be built here is a note, not a failed cell
             return parity.Parity(True, None, f"not checked: {_one_line(e)}")
-        finally:
-            if self.runner.device.type == "cuda":
-                torch.cuda.empty_cache()
         return result
 
     def cell(self, cell: dict[str, Any]) -> dict[str, Any]:
@@ -221,11 +218,12 @@ def _is_user_error(e: BaseException) -> bool:
 def _release(device: str) -> None:
     import gc
 
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
-        torch.cuda.empty_cache()
+    from edgeports.measure.memory import release_cached
+
+    gc.collect()
+    release_cached(torch.device(device))
 
 
 def main() -> int:

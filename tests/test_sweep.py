@@ -105,7 +105,7 @@ def test_exception_and_killed_worker_stay_in_their_cells(tmp_path, monkeypatch):
     counts = sweep.run(config(tmp_path, models=("tiny-llama",), backends="eager", lens="256-2k"))
     r = rows(tmp_path)
     assert counts == {"ok": 2, "error": 2}
-    assert r[("tiny-llama", "eager", 256)].reason == "RuntimeError: injected fault at prompt length 256"
+    assert r[("tiny-llama", "eager", 256)].reason == "RuntimeError: injected fault at 256"
     assert "worker died (killed by SIGKILL)" in r[("tiny-llama", "eager", 512)].reason
     # the cells after the kill ran in a fresh worker
     assert r[("tiny-llama", "eager", 1024)].status == r[("tiny-llama", "eager", 2048)].status == "ok"
@@ -126,6 +126,16 @@ def test_timeout_kills_the_worker_and_resume_retries(tmp_path, monkeypatch):
     assert sweep.run(cfg) == {}  # nothing left
     assert sweep.run(dataclasses.replace(cfg, force=True)) == {"ok": 3}
     assert sqlite3.connect(tmp_path / "e.db").execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 3
+
+
+def test_load_timeout_and_load_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPORTS_FAULT", "hang:load")
+    cfg = config(tmp_path, models=("tiny-llama",), backends="eager", lens="256,512", load_timeout_s=2)
+    assert sweep.run(cfg) == {"timeout": 2}
+    assert {r.reason for r in rows(tmp_path).values()} == {"export + load took longer than 2 s"}
+    monkeypatch.setenv("EDGEPORTS_FAULT", "raise:load")
+    assert sweep.run(dataclasses.replace(cfg, load_timeout_s=60)) == {"error": 2}  # timeouts are retried
+    assert {r.reason for r in rows(tmp_path).values()} == {"load: RuntimeError: injected fault at load"}
 
 
 def test_a_model_the_backend_cannot_load_is_skipped_with_the_reason(tmp_path):

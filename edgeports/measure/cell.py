@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeports.measure.memory import PeakSampler, allocator_peaks, reset_allocator_peaks
+from edgeports.measure.memory import PeakSampler, allocator_peaks, release_cached, reset_allocator_peaks
 from edgeports.measure.row import samples_json
 from edgeports.measure.timing import Clock, summarize
 
@@ -32,7 +32,7 @@ class Plan:
     batch: int = 1
     chunk: int | None = None  # prefill chunk length; None = full prefill
     repeats: int = 3
-    warmup: int = 1  # untimed prefill + decode runs before the samples
+    warmup: int = 1  # untimed runs before the samples: the full prefill + WARMUP_DECODE decode steps
     seed: int = 0  # of the random prompt
 
 
@@ -42,10 +42,13 @@ def prompt_ids(vocab_size: int, batch: int, length: int, device: torch.device | 
     return torch.randint(0, vocab_size, (batch, length), generator=g).to(device)
 
 
-def _run(runner, ids: torch.Tensor, plan: Plan) -> None:
+WARMUP_DECODE = 2  # decode steps all have the same shapes: two warm them up as well as N
+
+
+def _warm_up(runner, ids: torch.Tensor, plan: Plan) -> None:
     runner.prefill(ids, plan.chunk, max_len=plan.prompt_len + plan.decode_len)
     if plan.decode_len:
-        runner.decode(plan.decode_len)
+        runner.decode(min(plan.decode_len, WARMUP_DECODE))
 
 
 def measure(runner, plan: Plan, vocab_size: int, device_reader: Callable[[], int] | None = None,
@@ -56,9 +59,10 @@ def measure(runner, plan: Plan, vocab_size: int, device_reader: Callable[[], int
     ids = prompt_ids(vocab_size, plan.batch, plan.prompt_len, device, plan.seed)
     clock = Clock(device, runner.sync)
 
+    release_cached(device)  # the previous cell's cached blocks must not count in this one's reserved peak
     t0 = time.perf_counter()
     for _ in range(plan.warmup):
-        _run(runner, ids, plan)
+        _warm_up(runner, ids, plan)
     runner.sync()
     warmup_s = time.perf_counter() - t0
     runner.reset()

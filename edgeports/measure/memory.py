@@ -116,6 +116,12 @@ def reset_allocator_peaks(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def release_cached(device: torch.device) -> None:
+    """Return the allocator's cached blocks to the device (CUDA); nothing to do elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def allocator_peaks(device: torch.device) -> tuple[int | None, int | None]:
     """(peak allocated, peak reserved) bytes since the last reset; (None, None) off CUDA."""
     if device.type != "cuda":

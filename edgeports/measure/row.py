@@ -19,19 +19,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 STATUSES = ("ok", "oom", "error", "timeout", "skipped")
-# the cell config: what identifies a measurement (with the platform id) for resume and dedup
-CONFIG_FIELDS = ("model", "arch", "family", "backend", "device", "dtype", "batch", "prompt_len", "decode_len",
-                 "prefill_mode", "mem_budget", "weights")
 # the facts that make two platforms "the same place" for resume (clocks and versions excluded)
 PLATFORM_ID_FIELDS = ("platform_machine", "platform_cpu", "platform_gpu", "platform_jetson_model",
                       "platform_power_mode")
 
 
 @dataclass(frozen=True)
-class Row:
-    """One measured (or failed) cell."""
+class CellConfig:
+    """What a cell measures: the config columns every Row starts with."""
 
-    # ---- cell config
     model: str
     arch: str
     family: str
@@ -45,6 +41,16 @@ class Row:
     mem_budget: int | None = None  # bytes; None = the whole device
     weights: str = "random:0"  # "random:<seed>" or a local checkpoint path
     repeats: int = 0
+
+
+# what identifies a measurement (with the platform id) for resume and dedup: the config, not how often
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(CellConfig) if f.name != "repeats")
+
+
+@dataclass(frozen=True)
+class Row(CellConfig):
+    """One measured (or failed) cell: its config (CellConfig), then everything measured about it."""
+
     # ---- outcome
     status: str = "ok"  # one of STATUSES
     reason: str | None = None

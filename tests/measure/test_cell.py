@@ -37,8 +37,8 @@ def test_prompt_ids_reproducible():
 def test_measure_counts_and_fields():
     r = CountingRunner()
     out = measure(r, Plan(prompt_len=64, decode_len=5, repeats=3, warmup=2, chunk=16), vocab_size=7)
-    # 2 warm-up + 3 timed runs, each 4 chunks and 5 decode steps
-    assert r.calls == {"prefill": 5 * 4, "decode": 5 * 5}
+    # 2 warm-up runs (4 chunks, 2 decode steps) + 3 timed runs (4 chunks, 5 decode steps)
+    assert r.calls == {"prefill": 5 * 4, "decode": 2 * 2 + 3 * 5}
     assert len(json.loads(out["ttft_samples_ms"])) == 3 and len(json.loads(out["tpot_samples_ms"])) == 3
     assert out["ttft_p10_ms"] <= out["ttft_p50_ms"] <= out["ttft_p90_ms"]
     assert out["prefill_tok_s"] == pytest.approx(64 / (out["ttft_p50_ms"] / 1e3))
