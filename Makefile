@@ -28,7 +28,7 @@ lint: install
 # The main job: a default sweep (the smallest real config of each family) on whatever device is
 # here, then the report. Defaults for models and lengths come from edgeports.sweep.
 run: install
-	edgeports run --backend $(BACKEND) $(if $(MODELS),--models $(MODELS)) $(if $(LENS),--lens $(LENS)) --db $(RESULTS)/edgeports.db
+	edgeports run --backend $(BACKEND) $(if $(MODELS),--models $(MODELS)) $(if $(LENS),--lens $(LENS)) $(ARGS) --db $(RESULTS)/edgeports.db
 	edgeports report --db $(RESULTS)/edgeports.db --out $(REPORT)
 
 bench:
