@@ -74,6 +74,7 @@ class Cell(CellConfig):
     """One measurement to make: a Row's config plus how many untimed runs precede it."""
 
     warmup: int = 1
+    source: str = ""  # what --models named: a zoo name or a local HF directory (model is the spec's name)
 
     def config(self) -> dict[str, Any]:
         """The Row config fields of this cell."""
@@ -144,13 +145,13 @@ def plan(config: SweepConfig) -> Plan:
     models = config.models or default_models()
     if not models:
         raise EdgeportsError("no models to run (none of the default models is in the zoo; pass --models)")
-    specs = [get_spec(m) for m in dict.fromkeys(models)]
+    specs = {m: get_spec(m) for m in dict.fromkeys(models)}
     if config.weights and len(specs) > 1:
         raise EdgeportsError("--weights applies to one model; run one --models at a time with it")
     backends, skipped = select(config.backends)
     weights = config.weights or f"random:{config.seed}"
     cells, unsupported = [], []
-    for spec in specs:
+    for source, spec in specs.items():
         dtype = canonical_dtype(config.dtype or spec.dtype)
         for backend in backends:
             for mode in modes:
@@ -158,7 +159,7 @@ def plan(config: SweepConfig) -> Plan:
                     cell = Cell(model=spec.name, arch=spec.arch, family=spec.family, backend=backend.name,
                                 device=device, dtype=dtype, batch=config.batch, prompt_len=n, decode_len=decode_len,
                                 prefill_mode=mode, mem_budget=budget, weights=weights, repeats=repeats,
-                                warmup=config.warmup)
+                                warmup=config.warmup, source=source)
                     try:
                         backend.caps.check(backend.name, device, dtype, mode)
                     except EdgeportsError as e:
@@ -257,7 +258,7 @@ Emit = Callable[[Cell, dict[str, Any]], None]
 
 def _job(cells: list[Cell], config: SweepConfig, artifacts: Path) -> dict[str, Any]:
     c = cells[0]
-    return {"model": c.model, "backend": c.backend, "device": c.device, "dtype": c.dtype, "seed": config.seed,
+    return {"model": c.source or c.model, "backend": c.backend, "device": c.device, "dtype": c.dtype, "seed": config.seed,
             "weights": config.weights, "batch": c.batch, "mem_budget": c.mem_budget, "artifacts": str(artifacts),
             "max_len": max(x.prompt_len + x.decode_len for x in cells),
             "prefill_modes": sorted({x.prefill_mode for x in cells})}

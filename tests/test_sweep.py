@@ -144,3 +144,15 @@ def test_a_model_the_backend_cannot_load_is_skipped_with_the_reason(tmp_path):
     r = rows(tmp_path)
     assert r[("tiny-hymba", "hf", 256)].reason == r[("tiny-hymba", "hf", 512)].reason
     assert "has no model type 'hymba'" in r[("tiny-hymba", "hf", 256)].reason
+
+
+def test_a_local_hf_directory_is_a_model(tmp_path):
+    import json
+
+    from edgeports.models import get_spec
+
+    local = tmp_path / "my-llama"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps(get_spec("tiny-llama").config))
+    assert sweep.run(config(tmp_path, models=(str(local),), backends="eager", lens="256")) == {"ok": 1}
+    assert rows(tmp_path)[("my-llama", "eager", 256)].arch == "llama"
