@@ -72,9 +72,9 @@ def _selective_scan_fwd(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    # Tiles are laid out (time, state, channel): channel is the last axis, so Triton spreads channels over
-    # lanes and warps and keeps a channel's states and a chunk's steps inside one thread; the scan over
-    # time and the sum over states then run in registers, with no shuffles.
+    # Tiles are laid out (time, state, channel): Triton fills lanes from the last axis, so channels go on
+    # lanes first, then states (BLOCK_D=4: 4 channels x 8 lanes of 2 states), and a chunk's steps stay inside
+    # each thread: the scan over time runs in registers; the sum over states adds a few lane shuffles.
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
