@@ -66,7 +66,13 @@ def _availability(name: str) -> tuple[bool, str]:
         raise EdgeportsError(f"unknown kernel implementation {name!r} (known: {', '.join((AUTO, *_modules))})")
     if name not in _avail:
         mod = _modules[name]
-        _avail[name] = (False, f"import failed: {mod}") if isinstance(mod, Exception) else tuple(mod.available())
+        if isinstance(mod, Exception):
+            _avail[name] = (False, f"import failed: {mod}")
+        else:
+            try:
+                _avail[name] = tuple(mod.available())
+            except Exception as e:  # noqa: BLE001 - an optional backend's probe must not break dispatch
+                _avail[name] = (False, f"availability check failed: {type(e).__name__}: {e}")
     return _avail[name]
 
 
