@@ -35,8 +35,11 @@ Every graph passes onnx.checker (full check, with strict shape inference) before
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,17 +134,32 @@ def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_ver
     dynamic = (length_dim, tuple(None for _ in state))
     inputs, outputs = io_names(layout)
     # standard: trace the decomposition; custom: the edgeports:: ops stay opaque (one node each)
-    with kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad():
+    with _quiet(), kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad():
         program = torch.export.export(Step(lm, graph), (ids, *state), dynamic_shapes=dynamic, strict=False)
-    table = onnx_custom.translation_table() if lowering == "custom" else None
-    onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs, output_names=outputs,
-                                     opset_version=opset_version, custom_translation_table=table,
-                                     optimize=False, verbose=False)
+        table = onnx_custom.translation_table() if lowering == "custom" else None
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs, output_names=outputs,
+                                         opset_version=opset_version, custom_translation_table=table,
+                                         optimize=False, verbose=False)
     model = onnx_program.model
     _optimize(model)
     if lowering == "custom":
         onnx_custom.pad_inputs(model)
     return model
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Mute torch.onnx's per-export chatter (registry warnings about absent torchvision ops, pytree
+    deprecations); errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _optimize(model) -> None:

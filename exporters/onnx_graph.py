@@ -42,6 +42,7 @@ class WeightStore:
     def externalize(self, model) -> None:
         """Move every initializer of at least INLINE_MAX bytes (main graph and subgraphs) into the store."""
         import onnx_ir as ir
+        from onnx_ir import convenience
 
         for graph in (model.graph, *model.graph.subgraphs()):
             for value in list(graph.initializers.values()):
@@ -49,6 +50,11 @@ class WeightStore:
                 if tensor is None or tensor.nbytes < INLINE_MAX or isinstance(tensor, ir.ExternalTensor):
                     continue
                 name, entry = self._add(value.name, tensor)
+                twin = graph.initializers.get(name)
+                if twin is not None and twin is not value:  # the same bytes twice in this graph: keep one
+                    convenience.replace_all_uses_with(value, twin)
+                    graph.initializers.pop(value.name)
+                    continue
                 value.name = name  # the graph's initializer table follows the rename
                 value.const_value = ir.ExternalTensor(WEIGHTS_FILE, entry["offset"], entry["length"], tensor.dtype,
                                                       shape=tensor.shape, name=name, base_dir=self.directory)

@@ -42,6 +42,7 @@ from edgeports.runners.base import DEFAULT_HEADROOM, DTYPES, Capabilities, StepR
 NAME = "onnx"
 CAPS = Capabilities(devices=("cpu", "cuda"), dtypes=DTYPES, prefill_modes=("full", "chunk"))
 CUSTOM_OPS_ENV = "EDGEPORTS_ORT_CUSTOM_OPS"
+_CONTROL_FLOW = ("Scan", "Loop", "If")
 _TORCH_DTYPES = {"float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64,
                  "int64": torch.int64, "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
                  "bool": torch.bool}
@@ -262,10 +263,13 @@ class OrtRunner(StepRunner):
             finally:
                 self._graphs = saved
                 self.reset()
+        hints = {}
+        for name in rows:
+            hints.update(_node_hints(self.artifact.file(self.artifact.shape_ranges["graphs"][name]["file"])))
         phases = {"prefill": rows.get("prefill", []) + rows.get("prefill_next", []), "decode": rows.get("decode", [])}
         for phase, items in phases.items():
             out["layers"][phase] = items
-            out["categories"][phase] = breakdown(items)
+            out["categories"][phase] = breakdown(items, key=lambda node, op: _category(node, op, hints))
         return out
 
     def close(self) -> None:
@@ -276,18 +280,45 @@ class OrtRunner(StepRunner):
 
 
 def _profile_rows(path: str) -> list[tuple[str, str, float]]:
-    """ORT profile JSON -> [(node, op_type, ms)] of the main graph's node kernels (a Scan's body nodes are
-    inside the Scan's own time, so they are left out)."""
+    """ORT profile JSON -> [(node, op_type, ms)] of the node kernels run by the main graph. The nodes of a
+    Scan/Loop/If body are profiled too, inside their parent's time window: those are left out, since the
+    parent's time already holds them."""
     events = json.loads(Path(path).read_text())
-    rows = []
-    for e in events:
-        args = e.get("args", {})
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and "op_name" in args:
-            if args.get("parent_name") or args.get("subgraph"):
-                continue
-            rows.append((e["name"][: -len("_kernel_time")], args["op_name"], e.get("dur", 0) / 1e3))
     os.unlink(path)
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+             and "op_name" in e.get("args", {})]
+    windows = [(e["ts"], e["ts"] + e.get("dur", 0)) for e in nodes if e["args"]["op_name"] in _CONTROL_FLOW]
+    rows = []
+    for e in nodes:
+        start, end = e["ts"], e["ts"] + e.get("dur", 0)
+        if any(lo <= start and end <= hi and (lo, hi) != (start, end) for lo, hi in windows):
+            continue
+        rows.append((e["name"][: -len("_kernel_time")], e["args"]["op_name"], e.get("dur", 0) / 1e3))
     return rows
+
+
+def _node_hints(path: Path) -> dict[str, str]:
+    """{node name: category} from the model source line each node was traced from (torch.onnx keeps it
+    per node): the standard-op SSM lowering's Exp/Mul/CumSum count as ssm_scan, not elementwise."""
+    import onnx
+
+    from edgeports.measure.ops import source_category
+
+    out = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        cat = source_category(meta.get("pkg.torch.onnx.stack_trace"))
+        if cat:
+            out[node.name] = cat
+    return out
+
+
+def _category(node: str, op_type: str, hints: dict[str, str]) -> str:
+    """A profiled node's category: GEMMs and the embedding/head by their own, the rest by source hint."""
+    from edgeports.measure.ops import categorize
+
+    own = categorize(node, op_type)
+    return own if own in ("gemm", "embedding") else hints.get(node, own)
 
 
 def _custom_ops_library(lowering: str) -> str | None:

@@ -73,6 +73,32 @@ def categorize(name: str, op_type: str | None = None) -> str:
     return "other"
 
 
+# Keywords of the innermost model source line an op was traced from (graph exporters keep it per node:
+# torch.onnx's pkg.torch.onnx.stack_trace), first match wins.
+_SOURCE_HINTS = (
+    ("conv", ("causal_conv1d", "run_conv", "conv1d(")),
+    ("ssm_scan", ("kernels.", "selective_ssm", "ssd_chunk_scan", "selective_scan", "selective_state_update")),
+    ("attention", ("attention(", "scaled_dot_product")),
+    ("norm", ("_rms(", "norm(")),
+)
+
+
+def source_category(stack_trace: str | None) -> str | None:
+    """The category implied by where a graph node was traced from, or None.
+
+    With the standard-op lowering an SSM op becomes Exp/Mul/CumSum/... nodes: their op types say
+    "elementwise", their source line says "ssm_scan". Callers keep GEMMs as gemm (a projection traced
+    inside an SSM helper is still a GEMM)."""
+    lines = [ln.strip() for ln in (stack_trace or "").strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    for cat, words in _SOURCE_HINTS:
+        if any(w in last for w in words):
+            return cat
+    return None
+
+
 def breakdown(items, key=categorize) -> dict[str, float]:
     """Sum (name, op_type, value) rows per category; every category present (0.0 when unseen)."""
     out = dict.fromkeys(CATEGORIES, 0.0)
