@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import shutil
 import time
@@ -146,7 +147,29 @@ def export_program(lm: LM, kind: str, batch: int, max_len: int) -> torch.export.
     dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
                  for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
-        return torch.export.export(InPlaceStep(lm, kind), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
+        ep = torch.export.export(InPlaceStep(lm, kind), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
+    return finite_op_args(ep)
+
+
+def _is_edgeports_op(node: torch.fx.Node) -> bool:
+    return isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "edgeports"
+
+
+def finite_op_args(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Replace infinite float arguments of the `edgeports::` nodes (ssd_chunk_scan's dt_max=inf) by the
+    float32 maximum, in place. AOTInductor stores custom-op calls as JSON, which has no inf (the package
+    then fails to load); clamping at the float32 maximum is the same clamp for every finite value."""
+    big = torch.finfo(torch.float32).max
+
+    def finite(a):
+        return math.copysign(big, a) if isinstance(a, float) and math.isinf(a) else a
+
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and _is_edgeports_op(node):
+            node.args = tuple(finite(a) for a in node.args)
+            node.kwargs = {k: finite(v) for k, v in node.kwargs.items()}
+    ep.graph_module.recompile()
+    return ep
 
 
 def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
@@ -157,7 +180,7 @@ def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
             continue
         if isinstance(node.target, torch._ops.HigherOrderOperator):
             name = f"hop::{node.target.name()}"
-        elif isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "edgeports":
+        elif _is_edgeports_op(node):
             name = node.target.name()
         else:
             continue
@@ -206,20 +229,26 @@ def device_facts(device: torch.device) -> dict[str, str | None]:
 
 
 def failing_op(exc: BaseException) -> str:
-    """Best guess of the op or source line a compile/export failure comes from (for one error line)."""
+    """Best guess of the op (and model source line) a compile/export failure comes from, for one error line."""
     text = "\n".join(str(e) for e in _chain(exc))
-    for pattern in (r"target=(?:torch\.ops\.)?([\w.:]+)", r"torch\.ops\.(\w+\.\w+)", r"\b(aten\.\w+)",
-                    r"\b(edgeports::\w+)"):
+    op = None
+    for pattern in (r"target=(?:torch\.ops\.)?([\w.:]+)", r"torch\.ops\.(\w+\.\w+)", r"\b(\w+::\w+)",
+                    r"\b(\w+\.\w+\.default)\b", r"\b(aten\.\w+)"):
         m = re.search(pattern, text)
         if m:
-            return f"op {m.group(1)}"
+            op = f"op {m.group(1)}"
+            break
+    where = None
     for e in _chain(exc):
         frames = [f for f in traceback.extract_tb(e.__traceback__)
                   if "/edgeports/models/" in f.filename or "/edgeports/kernels/" in f.filename]
         if frames:
             f = frames[-1]
-            return f"{Path(f.filename).name}:{f.lineno} ({(f.line or '').strip()})"
-    return "an unidentified op"
+            where = f"{Path(f.filename).name}:{f.lineno} ({(f.line or '').strip()[:80]})"
+            break
+    if op and where:
+        return f"{op} in {where}"
+    return op or where or "an unidentified op"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

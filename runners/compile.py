@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import json
 import os
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +48,7 @@ from edgeports.exporters.compile import (
 )
 from edgeports.exporters.compile import available as exporter_available
 from edgeports.models import torch_dtype
-from edgeports.runners.base import Capabilities, StepRunner, Unsupported
+from edgeports.runners.base import DEFAULT_HEADROOM, Capabilities, StepRunner, Unsupported
 
 NAME = "compile"
 CAPS = Capabilities()
@@ -163,7 +165,7 @@ class JitRunner(CompiledRunner):
     def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True):
         lm.requires_grad_(False).eval()
         kinds = ("prefill", "prefill_cont", "decode") if chunked else ("prefill", "decode")
-        programs = {k: torch.compile(InPlaceStep(lm, k), fullgraph=True) for k in kinds}
+        programs = {k: _compiled(InPlaceStep(lm, k)) for k in kinds}
         super().__init__(device, next(lm.parameters()).dtype, programs)
         self.lm = lm
         self.weight_bytes = lm.weight_bytes()
@@ -211,6 +213,18 @@ class JitRunner(CompiledRunner):
                                  f"(ids {tuple(ids.shape)}, batch or dtype outside what was compiled at load)") from None
 
 
+def _compiled(step: InPlaceStep) -> Program:
+    """torch.compile of step.forward through a code object of its own: dynamo keeps its cache and recompile
+    limit per code object, which every program of every model in the process would otherwise share."""
+    fwd = InPlaceStep.forward
+    code = fwd.__code__.replace(co_name=f"forward_{step.kind}_{next(_program_ids)}")
+    fn = types.FunctionType(code, fwd.__globals__, code.co_name, fwd.__defaults__, fwd.__closure__)
+    return torch.compile(types.MethodType(fn, step), fullgraph=True)
+
+
+_program_ids = itertools.count()
+
+
 # ---- AOT -------------------------------------------------------------------------------------------
 class AotRunner(CompiledRunner):
     """The AOTInductor packages of an artifact (see the module docstring)."""
@@ -248,6 +262,11 @@ class AotRunner(CompiledRunner):
         self.weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
         self.info.update(mode="aot", weights=meta["weights"],
                          programs={k: v["ops"] for k, v in meta["programs"].items()})
+
+    def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
+        if max_len is None and ids.shape[1] <= self._art_max_len:  # the default headroom, within the packages
+            max_len = min(ids.shape[1] + DEFAULT_HEADROOM, self._art_max_len)
+        return super().prefill(ids, chunk, max_len)
 
     def alloc_state(self, batch: int, max_len: int) -> tuple[torch.Tensor, ...]:
         if batch != self._batch:

@@ -1,0 +1,234 @@
+"""Backend benchmark (GPU): the same models through each backend, prefill and decode latency side by side,
+with the decode roofline, all measured in one run.
+
+    python benchmarks/backends.py [--models llama-3.2-1b,mamba-2.8b,mamba2-2.7b] [--lens 1k,4k,16k]
+                                  [--decode-lens 1k,16k] [--backends eager,compile-jit,compile-aot]
+                                  [--quick] [--budget-s 480] [--out backends.json]
+
+Each model is built once (random weights, bf16, on the GPU) and handed to every backend. A backend is one
+function `setup_<name>(lm, args) -> (runner, setup_s, notes)` in BACKENDS (add yours there); its setup time
+(compile / export / engine build) is reported apart from the timings. Before timing, each runner is checked
+against eager on the same weights (edgeports.measure.parity). Timings are edgeports.measure.measure, as in
+a sweep: warm-up excluded, median of repeats, device events. TTFT = prefill of L tokens; TPOT = mean decode
+step after a prefill of the decode length. Decode roofline = (weight bytes + state bytes) / the device-to-
+device copy bandwidth measured in this run (bytes read + written per second, benchmarks/_bench.peaks);
+"%roof" = roofline time / TPOT. Ratios are eager's time over the backend's ("2.00x" = twice as fast).
+Compile and export times dominate the run (minutes per model for the 64-layer SSMs); `--budget-s` skips
+the (model, backend) setups that would start after that many seconds, so one call ends in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import peaks  # noqa: E402
+
+from edgeports.lens import format_len, parse_lens  # noqa: E402
+from edgeports.measure import Plan, measure, parity, prompt_ids  # noqa: E402
+from edgeports.models import arch_module, get_spec, torch_dtype  # noqa: E402
+from edgeports.runners.eager import EagerRunner  # noqa: E402
+
+DEV = "cuda"
+DEFAULT_MODELS = "llama-3.2-1b,mamba-2.8b,mamba2-2.7b"
+
+
+# ---- backends: one setup function each -------------------------------------------------------------------
+def setup_eager(lm, args):
+    """Our LM as PyTorch runs it (the reference of every ratio)."""
+    return EagerRunner(lm, DEV), 0.0, {}
+
+
+def setup_compile_jit(lm, args):
+    """torch.compile in process: dynamic-L prefill, decode replayed from a CUDA graph; setup = compile."""
+    from edgeports.runners.compile import JitRunner
+
+    t0 = time.perf_counter()
+    runner = JitRunner(lm, DEV, batch=1, chunked=False)
+    return runner, time.perf_counter() - t0, {"compile_s": runner.info["compile_s"]}
+
+
+def setup_compile_aot(lm, args):
+    """AOTInductor packages exported from the same LM, loaded without model code; setup = export."""
+    from edgeports.exporters.base import ExportOptions, read_artifact
+    from edgeports.exporters.compile import export
+    from edgeports.runners.compile import load
+
+    options = ExportOptions(dtype=args.dtype, max_len=args.max_len, device=DEV, extra=(("chunked", False),))
+    out = Path(args.workdir) / lm.spec.name
+    t0 = time.perf_counter()
+    art = export(lm, out, options)
+    setup_s = time.perf_counter() - t0
+    runner = load(read_artifact(art.path, backend="compile"), DEV)
+    return runner, setup_s, {"export_s": round(art.export_s, 1)}
+
+
+BACKENDS = {"eager": setup_eager, "compile-jit": setup_compile_jit, "compile-aot": setup_compile_aot}
+
+
+# ---- measurement ------------------------------------------------------------------------------------------
+def build_on_gpu(name: str, dtype: str):
+    """The zoo model with random weights initialised on the GPU (values do not change latency)."""
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    with torch.device(DEV):
+        lm = arch_module(spec.arch).build(spec)
+    return lm.to(device=DEV, dtype=torch_dtype(dtype)).eval().requires_grad_(False)
+
+
+def bench_backend(lm, runner, reference, args, copy_gbs: float) -> dict:
+    """Parity against eager, then TTFT at each prefill length and TPOT at each decode length."""
+    vocab = lm.spec.config["vocab_size"]
+    out: dict = {"prefill_ms": {}, "decode_ms": {}, "roofline_ms": {}, "state_bytes": {}}
+    if reference is not runner:
+        ids = prompt_ids(vocab, 1, parity.PARITY_LEN, DEV, seed=1)
+        check = parity.check(runner, reference, ids, None, args.dtype)
+        out["parity"] = check.text
+        if not check.ok:
+            return out
+    for length in sorted(set(args.lens) | set(args.decode_lens)):
+        steps = args.steps if length in args.decode_lens else 0
+        m = measure(runner, Plan(prompt_len=length, decode_len=steps, repeats=args.repeats, warmup=1), vocab)
+        if length in args.lens:
+            out["prefill_ms"][length] = m["ttft_p50_ms"]
+        if steps:
+            out["decode_ms"][length] = m["tpot_p50_ms"]
+            out["state_bytes"][length] = m["state_bytes"]
+            out["roofline_ms"][length] = (m["weight_bytes"] + m["state_bytes"]) / (copy_gbs * 1e9) * 1e3
+    out["weight_bytes"] = runner.weight_bytes
+    out["info"] = runner.info
+    return out
+
+
+def run(args) -> dict:
+    """Every model x backend; the results dict (also written to --out after each backend)."""
+    t_start = time.perf_counter()
+    pk = peaks()
+    print(f"{pk['gpu']}: copy {pk['copy_gbs']:.0f} GB/s, bf16 mm {pk['mm_tflops']:.0f} TFLOP/s, torch {pk['torch']}",
+          flush=True)
+    results = {"peaks": pk, "args": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
+               "models": {}}
+    for name in args.models:
+        lm = build_on_gpu(name, args.dtype)
+        res = results["models"][name] = {}
+        reference = None
+        for backend in args.backends:
+            if time.perf_counter() - t_start > args.budget_s:
+                res[backend] = {"skipped": f"time budget of {args.budget_s:.0f} s spent"}
+                print(f"{name} {backend}: skipped (time budget)", flush=True)
+                continue
+            try:
+                runner, setup_s, notes = BACKENDS[backend](lm, args)
+                if backend == "eager":
+                    reference = runner
+                r = bench_backend(lm, runner, reference or runner, args, pk["copy_gbs"])
+                res[backend] = {"setup_s": setup_s, **notes, **r}
+                print(f"{name} {backend}: setup {setup_s:.0f} s, {r.get('parity', 'reference')}", flush=True)
+                if runner is not reference:
+                    runner.close()
+            except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' numbers
+                res[backend] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+                print(f"{name} {backend}: {res[backend]['error']}", flush=True)
+            finally:
+                runner = None
+                gc.collect()
+                torch.cuda.empty_cache()
+            _write(results, args.out)
+        del lm, reference
+        gc.collect()
+        torch.cuda.empty_cache()
+    results["wall_s"] = time.perf_counter() - t_start
+    _write(results, args.out)
+    return results
+
+
+def _write(results: dict, out: str | None) -> None:
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1, default=str))
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+def table(results: dict) -> str:
+    """One Markdown table: eager ms, each backend's ratio to eager, and decode roofline fractions."""
+    backends = [b for b in results["args"]["backends"] if b != "eager"]
+    head = ["model", "phase", "len", "eager ms", *[f"{b} ms (vs eager)" for b in backends], "roofline ms",
+            *[f"%roof {b}" for b in ["eager", *backends]]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, res in results["models"].items():
+        eager = res.get("eager", {})
+        for phase, key in (("prefill", "prefill_ms"), ("decode", "decode_ms")):
+            lens = sorted({int(n) for r in res.values() for n in r.get(key, {})})
+            for n in lens:
+                base = eager.get(key, {}).get(n)
+                cells = [name, phase, format_len(n), f"{base:.2f}" if base else "-"]
+                for b in backends:
+                    ms = res.get(b, {}).get(key, {}).get(n)
+                    cells.append(f"{ms:.2f} ({base / ms:.2f}x)" if ms and base else f"{ms:.2f}" if ms else
+                                 _why(res.get(b, {})))
+                roof = next((r["roofline_ms"][n] for r in res.values() if n in r.get("roofline_ms", {})), None)
+                cells.append(f"{roof:.3f}" if phase == "decode" and roof else "")
+                for b in ["eager", *backends]:
+                    ms = res.get(b, {}).get(key, {}).get(n)
+                    cells.append(f"{100 * roof / ms:.0f}%" if phase == "decode" and roof and ms else "")
+                lines.append("| " + " | ".join(cells) + " |")
+    setup = ["", "| model | backend | setup s | notes |", "|---|---|---|---|"]
+    for name, res in results["models"].items():
+        for b, r in res.items():
+            note = r.get("error") or r.get("skipped") or r.get("parity", "")
+            graph = (r.get("info") or {}).get("cuda_graph")
+            setup.append(f"| {name} | {b} | {r.get('setup_s', 0):.0f} | {note}{'; cuda graph ' + graph if graph else ''} |")
+    return "\n".join(lines + setup)
+
+
+def _why(r: dict) -> str:
+    return "error" if "error" in r else "skipped" if "skipped" in r else "-"
+
+
+def main(argv=None) -> int:
+    """Parse options, run, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=DEFAULT_MODELS)
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--lens", default="1k,4k,16k", help="prefill lengths (edgeports --lens grammar, e.g. 1k-64k)")
+    p.add_argument("--decode-lens", default="1k,16k", help="contexts at which decode is timed")
+    p.add_argument("--steps", type=int, default=32, help="decode steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--budget-s", type=float, default=480.0, help="start no new backend setup after this")
+    p.add_argument("--quick", action="store_true", help="lens 1k,4k, decode at 1k, 2 repeats of 16 steps")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/backends.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.lens, args.decode_lens, args.repeats, args.steps = "1k,4k", "1k", 2, 16
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in args.backends if b not in BACKENDS]
+    if unknown:
+        print(f"unknown backends {unknown} (known: {', '.join(BACKENDS)})", file=sys.stderr)
+        return 2
+    if "eager" not in args.backends:
+        args.backends.insert(0, "eager")  # every ratio and parity check needs it
+    args.backends.sort(key=lambda b: b != "eager")
+    args.lens, args.decode_lens = parse_lens(args.lens), parse_lens(args.decode_lens)
+    args.max_len = max(args.lens + args.decode_lens) + args.steps
+    with tempfile.TemporaryDirectory(prefix="edgeports-bench-") as workdir:  # exported artifacts
+        args.workdir = workdir
+        results = run(args)
+    print(table(results))
+    print(f"\nwall {results['wall_s']:.0f} s" + (f"; JSON in {args.out}" if args.out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

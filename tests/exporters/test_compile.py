@@ -1,0 +1,263 @@
+"""compile backend, AOT mode: export tiny models to AOTInductor packages (CPU, the C++ compiler present),
+load them without model code, and check them against eager on fresh random prompts.
+
+AOTInductor builds are slow on 2 cores, so each artifact is exported once per session (`aot`) and every
+test reuses it; zamba2 uses a 3-layer copy of tiny-zamba2 (one shared block used twice) to keep the build short.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgeports.errors import EdgeportsError
+from edgeports.exporters import compile as cexport
+from edgeports.exporters.base import ExportOptions, in_memory, read_artifact
+from edgeports.measure.parity import rel_err
+from edgeports.models import get_spec
+from edgeports.models.layers import mlp
+from edgeports.runners import compile as crun
+from edgeports.runners import eager
+from edgeports.runners.base import Unsupported
+
+MODELS = ["tiny-llama", "tiny-mamba", "tiny-mamba2", "tiny-falcon-h1", "tiny-zamba2"]
+MAX_LEN = 64
+TOL = 1e-4  # fp32, relative to the largest logit
+
+
+def spec_of(name):
+    spec = get_spec(name)
+    if name == "tiny-zamba2":  # hybrid, mamba, hybrid with one shared block: reuse and per-use adapters remain
+        config = {**spec.config, "num_hidden_layers": 3, "layers_block_type": ["hybrid", "mamba", "hybrid"],
+                  "num_mem_blocks": 1}
+        spec = dataclasses.replace(spec, config=config)
+    return spec
+
+
+CHUNKED = ("tiny-llama",)  # exported with the continuing-prefill program (the default options)
+
+
+def options_of(name):
+    return ExportOptions(dtype="float32", max_len=MAX_LEN, extra=() if name in CHUNKED else (("chunked", False),))
+
+
+@pytest.fixture(scope="session")
+def aot_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("compile-aot")
+
+
+@pytest.fixture(scope="session")
+def aot(aot_root):
+    """name -> its AOT artifact, exported on first use where the sweep's artifact cache would put it."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            options = options_of(name)
+            out = aot_root / "compile" / f"{name}-{options.dtype}-{options.key()}"
+            cache[name] = cexport.export(spec_of(name), out, options)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def loaded(aot):
+    """name -> (AOT runner, eager runner with the same seeded weights)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            art = aot(name)
+            ref = eager.load(in_memory("eager", art.spec, ExportOptions(dtype="float32")), "cpu")
+            cache[name] = crun.load(art, "cpu"), ref
+        return cache[name]
+
+    return get
+
+
+def _ssm_layers(spec) -> int:
+    return 0 if spec.family == "transformer" else spec.config["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_aot_artifact(aot, name):
+    """Packages, shared weights, manifest ranges; the SSM ops are single edgeports:: nodes, no loops."""
+    art = read_artifact(aot(name).path, backend="compile")
+    kinds = ["decode", "prefill", "prefill_cont"] if name in CHUNKED else ["decode", "prefill"]
+    assert sorted(f for f in art.files if f.endswith(".pt2")) == [f"{k}.pt2" for k in kinds]
+    assert cexport.WEIGHTS_FILE in art.files and art.export_s > 0
+    assert art.shape_ranges["prefill_len"] == [2, MAX_LEN] and art.shape_ranges["state_len"] == [2, MAX_LEN]
+    meta = json.loads(art.file(cexport.PROGRAMS_FILE).read_text())
+    n = _ssm_layers(art.spec)
+    scan = {"mamba": "selective_scan"}.get(art.spec.arch, "ssd_chunk_scan")
+    for kind, prog in meta["programs"].items():
+        assert prog["compile_s"] > 0 and prog["export_s"] > 0
+        ops = prog["ops"]
+        assert not [k for k in ops if k.startswith("hop::")], f"{kind} holds loops or branches: {ops}"
+        if kind == "decode":
+            expected = {"edgeports::causal_conv1d_update": n, "edgeports::selective_state_update": n}
+        else:
+            expected = {"edgeports::causal_conv1d": n, f"edgeports::{scan}": n}
+        assert ops == {k: v for k, v in expected.items() if v}, kind
+    if art.spec.family != "ssm":  # KV caches are the dynamic state dims
+        assert art.shape_ranges["state_len_dims"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_aot_parity_with_eager(loaded, name):
+    """Full prefill at two state sizes (one package, dynamic L and S), then greedy decode steps."""
+    runner, ref = loaded(name)
+    vocab = runner.artifact.spec.config["vocab_size"]
+    for length, max_len in ((21, 30), (40, MAX_LEN)):
+        ids = torch.randint(0, vocab, (1, length))
+        got, want = runner.prefill(ids, max_len=max_len), ref.prefill(ids, max_len=max_len)
+        assert rel_err(got, want) < TOL
+        assert rel_err(runner.decode(5), ref.decode(5)) < TOL
+        assert runner.state_bytes == ref.state_bytes
+    assert runner.weight_bytes == ref.weight_bytes
+
+
+def test_aot_chunked_prefill_and_one_token_chunks(loaded):
+    """prefill_cont continues the state; a 1-token chunk or prompt runs the decode package."""
+    runner, ref = loaded("tiny-llama")
+    for length, chunk in ((41, 16), (33, 16), (1, None)):
+        ids = torch.randint(0, 256, (1, length))
+        assert rel_err(runner.prefill(ids, chunk, max_len=50), ref.prefill(ids, chunk, max_len=50)) < TOL
+        assert rel_err(runner.decode(3), ref.decode(3)) < TOL
+
+
+def test_aot_runner_limits(loaded):
+    runner, _ = loaded("tiny-mamba2")
+    with pytest.raises(Unsupported, match="continuing-prefill"):
+        runner.prefill(torch.randint(0, 256, (1, 20)), chunk=8)
+    with pytest.raises(EdgeportsError, match="--max-len"):
+        runner.prefill(torch.randint(0, 256, (1, 8)), max_len=MAX_LEN + 1)
+    with pytest.raises(Unsupported, match="batch 1"):
+        runner.prefill(torch.randint(0, 256, (2, 8)))
+
+
+def test_state_buffers_are_kept_per_shape(loaded):
+    """Same (batch, max_len): the same buffers, zeroed (so a decode graph stays valid); a new shape: new ones."""
+    runner, _ = loaded("tiny-llama")
+    ids = torch.randint(0, 256, (1, 10))
+    runner.prefill(ids, max_len=20)
+    first = [t.data_ptr() for t in runner._state]
+    runner.decode(2)
+    runner.reset()
+    runner.prefill(ids, max_len=20)
+    assert [t.data_ptr() for t in runner._state] == first and int(runner._state[-1]) == 10
+    runner.prefill(ids, max_len=24)
+    assert runner._state[0].shape[2] == 24
+
+
+def test_packages_run_without_model_code(aot, loaded, tmp_path):
+    """A fresh process loads the packages with no arch or layer module imported, and gets eager's logits."""
+    names = ["tiny-mamba", "tiny-zamba2"]
+    ids = torch.randint(0, 256, (1, 19))
+    torch.save(ids, tmp_path / "ids.pt")
+    script = f"""
+import sys, torch
+from edgeports.exporters.base import read_artifact
+from edgeports.runners import compile as crun
+ids = torch.load({str(tmp_path / 'ids.pt')!r})
+out = {{}}
+for name, path in {[(n, str(aot(n).path)) for n in names]!r}:
+    r = crun.load(read_artifact(path, backend="compile"), "cpu")
+    out[name] = (r.prefill(ids, max_len=30), r.decode(4))
+torch.save(out, {str(tmp_path / 'out.pt')!r})
+print(",".join(m for m in sys.modules if m.startswith("edgeports.models.")))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = proc.stdout.strip().splitlines()[-1].split(",")
+    assert not [m for m in imported if m.startswith(("edgeports.models.archs", "edgeports.models.layers",
+                                                       "edgeports.models.transformer"))], imported
+    out = torch.load(tmp_path / "out.pt")
+    for name in names:
+        _, ref = loaded(name)
+        assert rel_err(out[name][0], ref.prefill(ids, max_len=30)) < TOL
+        assert rel_err(out[name][1], ref.decode(4)) < TOL
+
+
+def test_parity_reference_has_the_artifact_weights(loaded):
+    runner, ref = loaded("tiny-falcon-h1")
+    lm = crun.parity_reference(runner)
+    assert lm.head_device().type == "cpu" and next(lm.parameters()).dtype == torch.float32
+    for (name, p), q in zip(lm.state_dict().items(), ref.lm.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_sweep_worker_checks_parity_then_measures(aot, aot_root):
+    """Through the sweep's worker: the cached artifact is reused, parity against eager fp32 (full and
+    chunked) passes, then a cell is measured."""
+    from edgeports import worker as w
+
+    aot("tiny-llama")
+    job = {"model": "tiny-llama", "backend": "compile", "device": "cpu", "dtype": "float32", "seed": 0,
+           "weights": None, "batch": 1, "max_len": MAX_LEN, "prefill_modes": ["chunk:16", "full"],
+           "mem_budget": None, "artifacts": str(aot_root)}
+    worker = w.Worker(job)
+    assert worker.load()["export_reused"] == 1
+    for mode in ("full", "chunk:16"):
+        row = worker.cell({"id": 1, "prompt_len": 40, "decode_len": 4, "prefill_mode": mode, "repeats": 1,
+                           "warmup": 1})
+        assert row["status"] == "ok", row
+        assert row["parity"].startswith("ok") and row["parity_max_err"] < 1e-3, row["parity"]
+        assert row["ttft_p50_ms"] > 0 and row["tpot_p50_ms"] > 0 and json.loads(row["runner_info"])["mode"] == "aot"
+
+
+def test_sweep_worker_reports_a_failed_export(monkeypatch, tmp_path):
+    """A model that fails to export fails the worker's load with the one-line error the sweep records."""
+    from edgeports import worker as w
+
+    _no_fake_op_in_mlp(monkeypatch)
+    job = {"model": "tiny-llama", "backend": "compile", "device": "cpu", "dtype": "float32", "seed": 0,
+           "weights": None, "batch": 1, "max_len": MAX_LEN, "prefill_modes": ["full"], "mem_budget": None,
+           "artifacts": str(tmp_path)}
+    with pytest.raises(EdgeportsError) as err:
+        w.Worker(job).load()
+    assert w._status(err.value) == "error" and "arch llama" in w._reason(err.value)
+
+
+def _no_fake_op_in_mlp(monkeypatch):
+    """Make every MLP call an op with a CPU kernel but no fake implementation (torch.export cannot trace it)."""
+    if not hasattr(torch.ops.edgeports_test, "nofake"):
+        lib = torch.library.Library("edgeports_test", "DEF")
+        lib.define("nofake(Tensor x) -> Tensor")
+        lib.impl("nofake", lambda x: x.clone(), "CPU")
+        _LIBS.append(lib)
+    forward = mlp.GatedMLP.forward
+    monkeypatch.setattr(mlp.GatedMLP, "forward", lambda self, x: torch.ops.edgeports_test.nofake(forward(self, x)))
+
+
+_LIBS = []  # keeps the test library registered for the session
+
+
+def test_export_failure_names_arch_and_op(monkeypatch, tmp_path):
+    """A model that cannot be exported: one EdgeportsError line with the model, arch, program and op."""
+    _no_fake_op_in_mlp(monkeypatch)
+    with pytest.raises(EdgeportsError) as err:
+        cexport.export(get_spec("tiny-llama"), tmp_path / "a", ExportOptions(dtype="float32", max_len=MAX_LEN))
+    msg = str(err.value)
+    assert "tiny-llama (arch llama)" in msg and "prefill program" in msg and "edgeports_test" in msg, msg
+    assert "\n" not in msg and not (tmp_path / "a").exists()
+
+
+def test_failing_op_from_torch_messages():
+    assert cexport.failing_op(RuntimeError("While executing %x : call_function[target=torch.ops.aten.nonzero.default]")) \
+        == "op aten.nonzero.default"
+    assert cexport.failing_op(ValueError("nothing to see")) == "an unidentified op"
+
+
+def test_options_are_checked(tmp_path):
+    spec = get_spec("tiny-llama")
+    with pytest.raises(EdgeportsError, match="unknown compile mode"):
+        cexport.export(spec, tmp_path / "a", ExportOptions(extra=(("mode", "fast"),)))
+    with pytest.raises(EdgeportsError, match="max-len"):
+        cexport.export(spec, tmp_path / "b", ExportOptions(max_len=4))
+    ok, reason = cexport.available()
+    assert ok, reason
