@@ -38,10 +38,11 @@ from edgeports.runners.base import parse_prefill_mode
 
 # the smallest real config of each family; the default sweep runs those present in the zoo
 DEFAULT_MODELS = ("qwen2.5-0.5b", "mamba-130m", "mamba2-130m", "falcon-h1-0.5b")
-# per device kind: (lens, decode_len, repeats). On a CPU one warm-up + one timed run per cell keeps
-# `make run` short on two cores (p10 = p50 = p90 then); the GPU numbers are the study's range with
-# enough repeats for stable percentiles.
-DEVICE_DEFAULTS = {"cpu": ("1k-4k", 8, 1), "cuda": ("1k-64k", 64, 5)}
+# per device kind: (lens, decode_len, repeats, warmup). On a CPU a cell is one timed run (p10 = p50 =
+# p90) and no warm-up beyond the short prefill + decode every worker runs after loading: the study's
+# smallest models take minutes per 4k prefill on two cores. On a GPU: the study's range, a full-length
+# warm-up (lazy compilation, autotuning) and enough repeats for stable percentiles.
+DEVICE_DEFAULTS = {"cpu": ("1k-4k", 8, 1, 0), "cuda": ("1k-64k", 64, 5, 1)}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class SweepConfig:
     decode_len: int | None = None
     prefill_modes: tuple[str, ...] = ("full",)
     repeats: int | None = None
-    warmup: int = 1
+    warmup: int | None = None
     mem_budget: str | None = None  # e.g. "8GiB": RLIMIT_AS on cpu, allocator fraction on cuda
     timeout_s: float = 900.0  # per cell
     load_timeout_s: float = 1800.0  # exporting + loading one (model, backend): engine builds take long
@@ -130,11 +131,12 @@ def plan(config: SweepConfig) -> Plan:
     from edgeports.models import get_spec
 
     device = resolve_device(config.device)
-    d_lens, d_decode, d_repeats = DEVICE_DEFAULTS[device.split(":")[0]]
+    d_lens, d_decode, d_repeats, d_warmup = DEVICE_DEFAULTS[device.split(":")[0]]
     lens = parse_lens(config.lens if config.lens is not None else d_lens)
     decode_len = d_decode if config.decode_len is None else config.decode_len
     repeats = d_repeats if config.repeats is None else config.repeats
-    if decode_len < 0 or repeats < 1 or config.warmup < 0 or config.batch < 1:
+    warmup = d_warmup if config.warmup is None else config.warmup
+    if decode_len < 0 or repeats < 1 or warmup < 0 or config.batch < 1:
         raise EdgeportsError("decode length and warm-up must be >= 0, repeats and batch >= 1")
     if config.timeout_s <= 0 or config.load_timeout_s <= 0:
         raise EdgeportsError("timeouts must be positive")
@@ -159,7 +161,7 @@ def plan(config: SweepConfig) -> Plan:
                     cell = Cell(model=spec.name, arch=spec.arch, family=spec.family, backend=backend.name,
                                 device=device, dtype=dtype, batch=config.batch, prompt_len=n, decode_len=decode_len,
                                 prefill_mode=mode, mem_budget=budget, weights=weights, repeats=repeats,
-                                warmup=config.warmup, source=source)
+                                warmup=warmup, source=source)
                     try:
                         backend.caps.check(backend.name, device, dtype, mode)
                     except EdgeportsError as e:

@@ -33,9 +33,9 @@ def test_plan_expands_the_grid(tmp_path):
 
 def test_plan_defaults_come_from_one_place(tmp_path):
     p = sweep.plan(SweepConfig(device="cpu", db=str(tmp_path / "e.db"), models=("tiny-llama",)))
-    lens, decode, repeats = sweep.DEVICE_DEFAULTS["cpu"]
+    lens, decode, repeats, warmup = sweep.DEVICE_DEFAULTS["cpu"]
     assert sorted({c.prompt_len for c in p.cells}) == [1024, 2048, 4096] and lens == "1k-4k"
-    assert {(c.decode_len, c.repeats) for c in p.cells} == {(decode, repeats)}
+    assert {(c.decode_len, c.repeats, c.warmup) for c in p.cells} == {(decode, repeats, warmup)}
     assert set(sweep.default_models()) <= set(sweep.DEFAULT_MODELS)
 
 
