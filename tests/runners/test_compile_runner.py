@@ -27,7 +27,7 @@ TOL = 1e-4
 
 def spec_of(name):
     spec = get_spec(name)
-    if name == "tiny-zamba2":  # as tests/exporters/test_compile.py: hybrid, mamba, hybrid; one shared block
+    if name == "tiny-zamba2":  # as tests/exporters/test_compile_export.py: hybrid, mamba, hybrid; one shared block
         config = {**spec.config, "num_hidden_layers": 3, "layers_block_type": ["hybrid", "mamba", "hybrid"],
                   "num_mem_blocks": 1}
         spec = dataclasses.replace(spec, config=config)
