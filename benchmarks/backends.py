@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -108,14 +109,13 @@ def bench_backend(lm, runner, reference, args, copy_gbs: float) -> dict:
     return out
 
 
-def run(args) -> dict:
-    """Every model x backend; the results dict (also written to --out after each backend)."""
+def run(args, results: dict) -> dict:
+    """Every model x backend into `results` (also written to --out after each backend)."""
     t_start = time.perf_counter()
     pk = peaks()
     print(f"{pk['gpu']}: copy {pk['copy_gbs']:.0f} GB/s, bf16 mm {pk['mm_tflops']:.0f} TFLOP/s, torch {pk['torch']}",
           flush=True)
-    results = {"peaks": pk, "args": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
-               "models": {}}
+    results.update(peaks=pk, args={k: v for k, v in vars(args).items() if k not in ("out", "workdir")})
     for name in args.models:
         lm = build_on_gpu(name, args.dtype)
         res = results["models"][name] = {}
@@ -222,9 +222,16 @@ def main(argv=None) -> int:
     args.backends.sort(key=lambda b: b != "eager")
     args.lens, args.decode_lens = parse_lens(args.lens), parse_lens(args.decode_lens)
     args.max_len = max(args.lens + args.decode_lens) + args.steps
-    with tempfile.TemporaryDirectory(prefix="edgeports-bench-") as workdir:  # exported artifacts
-        args.workdir = workdir
-        results = run(args)
+    # a run killed by a time limit (SIGTERM) still prints what it measured (the JSON is written as it goes)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    results = {"args": vars(args), "models": {}}
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeports-bench-") as workdir:  # exported artifacts
+            args.workdir = workdir
+            results = run(args, results)
+    except KeyboardInterrupt:
+        print("interrupted: the table holds what was measured so far", flush=True)
+        results.setdefault("wall_s", float("nan"))
     print(table(results))
     print(f"\nwall {results['wall_s']:.0f} s" + (f"; JSON in {args.out}" if args.out else ""))
     return 0

@@ -74,8 +74,8 @@ class CompiledRunner(StepRunner):
         self._bufs: tuple[torch.Tensor, ...] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_io: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, logits) the graph reads/writes
-        self._plain_calls = 0
         self.graphs = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if self.graphs else None
         self.info = {"cuda_graph": "pending (captured after the first decode step)" if self.graphs else None}
 
     # ---- hooks for subclasses ---------------------------------------------------------------------
@@ -118,10 +118,16 @@ class CompiledRunner(StepRunner):
             graph_ids.copy_(ids)
             self._graph.replay()
             return logits, state
-        logits = self.call("decode", ids, state).float()
-        self._plain_calls += 1
-        if self.graphs:
-            self._capture(ids, state)
+        if not self.graphs:
+            return self.call("decode", ids, state).float(), state
+        # the first step on these buffers runs plainly on the capture stream (lazy per-stream initialisation,
+        # Triton autotuning happen here, not in the capture), then the step is recorded there
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            logits = self.call("decode", ids, state).float()
+        current.wait_stream(self._stream)
+        self._capture(ids, state)
         return logits, state
 
     def decode(self, n: int) -> torch.Tensor:
@@ -137,7 +143,7 @@ class CompiledRunner(StepRunner):
         graph_ids = ids.clone()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):  # records only: the state is not advanced by the capture
+            with torch.cuda.graph(graph, stream=self._stream):  # records only: the state does not advance
                 logits = self.call("decode", graph_ids, state).float()
         except Exception as e:  # noqa: BLE001 - stay on plain calls and say why
             self.graphs = False
