@@ -22,11 +22,13 @@ attention over the new tokens alone, SSMs ignore the zero initial state) and a c
 over the cache) are different graphs, hence separate programs. A 1-token prefill is run by the decode
 program (identical math; L=1 would be a specialised size in a dynamic graph).
 
-Shapes: batch is static (options.batch). The cache length S (the state dims of size max_len, or max_len + a constant)
-is dynamic in [2, max_len] in every program, so one artifact serves every prompt length of a sweep with the state
-sized as eager sizes it; for a given (batch, max_len) the decode step is static and is captured once.
-The SSM ops reach the graphs as single `edgeports::` custom-op nodes (their fake implementations give
-the shapes), never traced into Triton or Python loops.
+Shapes: batch is static (options.batch). The cache length S (state dims of size max_len, or max_len plus a
+constant) is dynamic in [2, max_len] in every program, so one artifact serves every prompt length of a
+sweep with the state sized as eager sizes it (attention reads the whole cache, so a fixed S would charge
+short contexts for the longest); for a given (batch, max_len) the decode step is static and is captured
+once. The SSM ops reach the graphs as single `edgeports::` custom-op nodes (their fake implementations
+give the shapes), never traced into Triton or Python loops; an infinite float argument of those nodes
+(ssd_chunk_scan's dt_max) is stored as the float32 maximum, since the packages keep custom-op calls as JSON.
 """
 
 from __future__ import annotations

@@ -188,7 +188,8 @@ class JitRunner(CompiledRunner):
         self.sync()
         self.info["compile_s"] = round(time.perf_counter() - t0, 3)
         self.close()
-        self.info["cuda_graph"] = "pending (captured after the first decode step)" if self.graphs else None
+        if self.graphs:  # the warm-up's graph went with its buffers; a failed capture keeps its reason
+            self.info["cuda_graph"] = "pending (captured after the first decode step)"
         self._warm = True
 
     def alloc_state(self, batch: int, max_len: int) -> tuple[torch.Tensor, ...]:
