@@ -104,7 +104,7 @@ class _Graph:
     inputs: list[str]
     outputs: list[str]
     inplace: list[bool]
-    bound: dict[str, int] = field(default_factory=dict)  # name -> data_ptr currently bound
+    bound: dict[str, tuple] = field(default_factory=dict)  # name -> (data_ptr, shape, dtype) bound now
 
 
 class OrtRunner(StepRunner):
@@ -144,9 +144,8 @@ class OrtRunner(StepRunner):
         raw = np.memmap(self.artifact.file(WEIGHTS_FILE), dtype=np.uint8, mode="r")
         out = {}
         for name, e in index.items():
-            buf = raw[e["offset"]:e["offset"] + e["length"]]
-            t = torch.frombuffer(memoryview(buf), dtype=_TORCH_DTYPES[e["dtype"]]).reshape(e["shape"])
-            t = t.to(self.device, copy=True).contiguous()  # a copy: the mmap stays read-only and unpinned
+            buf = raw[e["offset"]:e["offset"] + e["length"]].copy()  # in memory (as eager weights are), writable
+            t = torch.frombuffer(buf, dtype=_TORCH_DTYPES[e["dtype"]]).reshape(e["shape"]).to(self.device)
             out[name] = (t, ortvalue(t))
         return out
 
@@ -189,7 +188,7 @@ class OrtRunner(StepRunner):
     def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
         """As StepRunner.prefill; the state always has the artifact's static max_len."""
         length = ids.shape[1]
-        max_len = max_len or min(length + DEFAULT_HEADROOM, self.max_len)
+        max_len = max_len or max(length, min(length + DEFAULT_HEADROOM, self.max_len))
         if max_len > self.max_len:
             raise EdgeportsError(f"{length} prompt tokens + decode need max_len {max_len}, but the ONNX graphs were "
                                  f"exported for max_len {self.max_len}; export again with a larger --max-len")
@@ -235,8 +234,9 @@ class OrtRunner(StepRunner):
 
     @staticmethod
     def _bind(g: _Graph, name: str, t: torch.Tensor, is_input: bool) -> None:
-        """Bind `t` to `name` unless it is bound already (in-place state keeps its bindings across steps)."""
-        key = t.data_ptr()
+        """Bind `t` to `name` unless it is bound already (in-place state keeps its bindings across steps).
+        The shape is part of the key: prompt chunks are views sharing one base pointer."""
+        key = (t.data_ptr(), tuple(t.shape), t.dtype)
         if g.bound.get(name) == key:
             return
         value = ortvalue(t)
