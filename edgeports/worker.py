@@ -8,7 +8,7 @@ the protocol):
                "prefill_modes", "mem_budget", "artifacts"}
     worker -> {"type": "ready", "export_s", "export_reused", "load_s"}
            or {"type": "load_failed", "status": "error"|"oom"|"skipped", "reason"}  (then exits)
-    parent -> {"id", "prompt_len", "decode_len", "prefill_mode", "repeats", "warmup"}   (repeated)
+    parent -> {"id", "prompt_len", "decode_len", "prefill_mode", "repeats", "warmup", "profile"}   (repeated)
     worker -> {"type": "row", "id", "status", "reason", ...metric fields}
     parent closes stdin -> the worker exits.
 
@@ -112,7 +112,8 @@ class Worker:
         # its thread pools (a tiny prefill) so that they are not charged to the budget either
         for mode in job["prefill_modes"]:
             self.check_parity(parse_prefill_mode(mode))
-        self.runner.prefill(prompt_ids(self.spec.config["vocab_size"], job["batch"], 8, self.runner.device), None)
+        first_mode = parse_prefill_mode(job["prefill_modes"][0])
+        self.runner.prefill(prompt_ids(self.spec.config["vocab_size"], job["batch"], 8, self.runner.device), first_mode)
         self.runner.decode(1)
         self.runner.reset()
         _release(job["device"])
@@ -174,7 +175,7 @@ class Worker:
             mem_reader, mem_reason = device_memory_reader(device)
             meter, energy_reason, energy_method = energy_reader(device)
             plan = Plan(prompt_len=cell["prompt_len"], decode_len=cell["decode_len"], batch=self.job["batch"],
-                        chunk=chunk, repeats=cell["repeats"], warmup=cell["warmup"])
+                        chunk=chunk, repeats=cell["repeats"], warmup=cell["warmup"], profile=cell.get("profile"))
             msg.update(measure(self.runner, plan, self.spec.config["vocab_size"], mem_reader, mem_reason, meter,
                                energy_method, energy_reason))
         except Exception as e:
