@@ -122,22 +122,29 @@ def io_names(layout) -> tuple[list[str], list[str]]:
 
 
 def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_version: int, trace_len: int = TRACE_LEN):
-    """torch.export + torch.onnx.export of one graph -> an onnx_ir Model (not yet saved)."""
-    from edgeports import kernels
-    from edgeports.exporters import onnx_custom
-
-    layout = lm.state_layout(batch, max_len)
+    """One graph of an LM -> an onnx_ir Model (not yet saved)."""
     state = lm.new_state(batch, max_len, "cpu")
     length = 1 if graph == "decode" else min(trace_len, max_len)
     ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, length))
     length_dim = None if graph == "decode" else {1: torch.export.Dim.DYNAMIC(min=1, max=max_len)}
-    dynamic = (length_dim, tuple(None for _ in state))
-    inputs, outputs = io_names(layout)
-    # standard: trace the decomposition; custom: the edgeports:: ops stay opaque (one node each)
+    inputs, outputs = io_names(lm.state_layout(batch, max_len))
+    return to_onnx(Step(lm, graph), (ids, *state), (length_dim, tuple(None for _ in state)), inputs, outputs,
+                   lowering, opset_version)
+
+
+def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names: list[str], output_names: list[str],
+            lowering: str = "standard", opset_version: int = DEFAULT_OPSET):
+    """torch.export (non-strict) + torch.onnx.export of any module calling edgeports.kernels -> onnx_ir Model.
+
+    standard: the kernels are traced through their torch decomposition; custom: the edgeports:: custom ops
+    stay opaque and become ai.edgeports nodes (all inputs listed)."""
+    from edgeports import kernels
+    from edgeports.exporters import onnx_custom
+
     with _quiet(), kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad():
-        program = torch.export.export(Step(lm, graph), (ids, *state), dynamic_shapes=dynamic, strict=False)
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
         table = onnx_custom.translation_table() if lowering == "custom" else None
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs, output_names=outputs,
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=input_names, output_names=output_names,
                                          opset_version=opset_version, custom_translation_table=table,
                                          optimize=False, verbose=False)
     model = onnx_program.model
