@@ -247,7 +247,7 @@ class AotRunner(CompiledRunner):
         _check_compatible(artifact, device)
         meta = json.loads(artifact.file(PROGRAMS_FILE).read_text())
         weights = load_file(str(artifact.file(WEIGHTS_FILE)), device=str(device))
-        programs = {}
+        programs, copies = {}, 0
         for kind in meta["programs"]:
             model = _load_package(artifact.file(meta["programs"][kind]["file"]), device)
             if meta["weights"] == "shared":
@@ -256,8 +256,14 @@ class AotRunner(CompiledRunner):
                 if missing:
                     raise EdgeportsError(f"artifact {artifact.path}: {kind} package needs constants not in "
                                          f"{WEIGHTS_FILE}: {missing[:3]}")
-                model.load_constants({n: weights[names[n]] for n in model.get_constant_fqns()},
-                                     check_full_update=True, user_managed=True)
+                constants = {n: weights[names[n]] for n in model.get_constant_fqns()}
+                if "user_managed" in inspect.signature(model.load_constants).parameters:
+                    model.load_constants(constants, check_full_update=True, user_managed=True)
+                else:  # older torch copies them: one weight copy per package
+                    model.load_constants(constants, check_full_update=True)
+                    copies += 1
+            else:  # compiled into the package (a torch without package_constants_in_so)
+                copies += 1
             programs[kind] = model
         super().__init__(device, torch_dtype(artifact.dtype), programs)
         self.artifact = artifact
@@ -266,8 +272,8 @@ class AotRunner(CompiledRunner):
         dims = artifact.shape_ranges.get("state_len_dims", {})
         self._dims = [dict(dims.get(s["name"], [])) for s in artifact.state_layout]  # {dim: offset over max_len}
         self._batch, self._art_max_len = artifact.options.batch, artifact.options.max_len
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-        self.info.update(mode="aot", weights=meta["weights"],
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in weights.values()) * (1 + copies)
+        self.info.update(mode="aot", weights=f"one copy in each of {copies} packages" if copies else meta["weights"],
                          programs={k: v["ops"] for k, v in meta["programs"].items()})
 
     def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
