@@ -1,7 +1,8 @@
 """hf runner: the stock transformers model for the same spec, the peer users compare against.
 
 Runner-only (no export step): it builds `AutoModelForCausalLM.from_config` from the spec's HF
-config with seeded random weights, or `from_pretrained` from `--weights DIR` (local files only),
+config holding the eager backend's seeded random weights (mapped by name), or `from_pretrained`
+from `--weights DIR` (local files only),
 and asks for the last position's logits only (`logits_to_keep=1`). Attention runs through SDPA
 (transformers' default where the model supports it).
 transformers picks the mamba-ssm / causal-conv1d kernels by itself when they are importable; on
@@ -61,7 +62,8 @@ def hf_config(spec: ModelSpec):
 
 
 def build_hf(spec: ModelSpec, dtype: str, seed: int = 0, weights: str | None = None):
-    """The transformers causal LM for a spec, on the CPU, in eval mode."""
+    """The transformers causal LM for a spec, on the CPU, in eval mode: the checkpoint's weights with
+    `weights`, else exactly the eager backend's seeded random weights (see `copy_eager_weights`)."""
     transformers = _transformers()
     auto = transformers.AutoModelForCausalLM
     config = transformers.AutoConfig.from_pretrained(weights, local_files_only=True) if weights else hf_config(spec)
@@ -70,8 +72,32 @@ def build_hf(spec: ModelSpec, dtype: str, seed: int = 0, weights: str | None = N
     kwargs = {"dtype": torch_dtype(dtype)}
     if weights:
         return auto.from_pretrained(weights, config=config, local_files_only=True, **kwargs).eval()
-    torch.manual_seed(seed)
-    return auto.from_config(config, **kwargs).eval()
+    model = auto.from_config(config, **kwargs).eval()
+    copy_eager_weights(model, spec, seed)
+    return model
+
+
+def copy_eager_weights(model, spec: ModelSpec, seed: int) -> None:
+    """Overwrite the transformers model's weights with those of `build(spec, seed=seed)`, through the
+    arch's hf_name_map, so eager and hf run the same model. (transformers' own random init is also
+    badly conditioned for some archs: Mamba-130m's bf16 logits differ from fp32 by more than 100%.)"""
+    mod = arch_module(spec.arch)
+    if getattr(mod, "hf_convert", None) is not None:
+        raise Unsupported(f"arch {spec.arch!r} converts checkpoint tensors (hf_convert): its weights cannot be "
+                          "mapped back into transformers; pass --weights DIR")
+    name_map = mod.hf_name_map(spec)  # ours -> transformers, tied tensors once
+    theirs = dict(model.named_parameters())  # tied tensors once
+    unmapped = sorted(set(theirs) - set(name_map.values()))
+    if unmapped:
+        raise RuntimeError(f"{spec.arch}: transformers weight {unmapped[0]} has no counterpart in hf_name_map")
+    state = model.state_dict()
+    ours = build(spec, dtype="float32", seed=seed).state_dict()
+    with torch.no_grad():
+        for our_name, their_name in name_map.items():
+            if state[their_name].shape != ours[our_name].shape:  # copy_ would broadcast silently
+                raise RuntimeError(f"{spec.arch}: {our_name} {tuple(ours[our_name].shape)} vs {their_name} "
+                                   f"{tuple(state[their_name].shape)}")
+            state[their_name].copy_(ours[our_name])
 
 
 def kernel_wrappers(model) -> dict[str, Any]:

@@ -26,6 +26,17 @@ def test_hf_matches_our_model_with_its_weights(name):
     assert r.state_bytes > 0 and r.weight_bytes > 0
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_hf_runs_the_eager_backends_weights(name):
+    """Without --weights the transformers model holds exactly build(spec, seed)'s weights."""
+    from edgeports.models import build
+
+    r = _runner(name, seed=3)
+    eager = EagerRunner(build(get_spec(name), dtype="float32", seed=3), "cpu")
+    ids = torch.randint(0, 256, (1, 30))
+    torch.testing.assert_close(r.prefill(ids), eager.prefill(ids), rtol=1e-4, atol=1e-4)
+
+
 def test_seeded_weights_are_reproducible():
     ids = torch.randint(0, 256, (1, 12))
     assert torch.equal(_runner("tiny-llama", seed=5).prefill(ids), _runner("tiny-llama", seed=5).prefill(ids))
