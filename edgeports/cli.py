@@ -178,6 +178,8 @@ def _sweep_options(f):
         click.option("--artifacts", default=d.artifacts, help="Artifact cache [default: <db dir>/artifacts]."),
         click.option("--force", is_flag=True, help="Measure again cells that already have results."),
         click.option("--no-progress", "progress", is_flag=True, flag_value=False, default=True),
+        click.option("--profile", type=click.Choice(["ops"]), default=d.profile, help="ops: one profiled prefill "
+                     "+ decode per cell, the operator breakdown stored in the ops table."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -203,15 +205,82 @@ def run(models, prefill_modes, **kwargs):
 @click.option("--baseline", default="eager", show_default=True, help="Backend the ratio columns divide by "
               "('none' for no ratios).")
 @click.option("--no-plots", is_flag=True, help="Markdown only (no matplotlib needed).")
-def report(db, out, baseline, no_plots):
-    """Write report.md and PNG plots (latency and memory vs length) from the results database."""
+@click.option("--study", is_flag=True, help="The study's comparisons instead: crossovers, memory at 57K, max "
+              "context, scan share, roofline, energy (study.md + a self-contained study.html).")
+@click.option("--pairs", default=None, help="--study: transformer:other[:other],... [default: each SSM/hybrid with "
+              "the Transformer closest in size].")
+@click.option("--length", default="57k", show_default=True, help="--study: the length memory is compared at.")
+@click.option("--budget", default="24GiB", show_default=True, help="--study: the max-context budget shown.")
+def report(db, out, baseline, no_plots, study, pairs, length, budget):
+    """Write report.md and PNG plots (latency and memory vs length, operator breakdown) from the results
+    database; with --study, the study's comparisons."""
+    from edgeports.measure.profile import OPS_TABLE, OpRow
     from edgeports.report import write_report
     from edgeports.results import ResultStore
 
+    if study:
+        from edgeports.study import write_study
+
+        md, page = write_study(db, out, pairs, length, budget, plots=not no_plots)
+        click.echo(f"wrote {md} and {page}")
+        return
     with ResultStore(db, create=False) as store:
-        rows = store.rows()
+        rows, ops = store.rows(), store.records(OPS_TABLE, OpRow)
     path = write_report(rows, out, baseline=None if baseline == "none" else baseline, plots=not no_plots)
+    if ops:
+        from edgeports.study import append_ops
+
+        append_ops(path, rows, ops, plots=not no_plots)
     click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--models", required=True, help="Comma list of zoo names or local HF dirs.")
+@click.option("--backend", "backends", default="eager", show_default=True, help="Comma list of backends.")
+@click.option("--mem-budget", "budgets", default="24GiB", show_default=True,
+              help="Comma list of budgets: sizes (8GiB, 16GiB, 24GiB) or 'device' (the whole GPU).")
+@click.option("--prefill", "prefill_modes", default="full", show_default=True, help="Comma list of full, chunk:<n>.")
+@click.option("--decode", "decode_len", type=int, default=16, show_default=True,
+              help="Decode steps that must fit after the prefill.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default=None, help="fp32, fp16 or bf16 [default: each model's].")
+@click.option("--start", default="4k", show_default=True, help="First length probed (doubling from there).")
+@click.option("--max-len", default="256k", show_default=True, help="Search limit (reported as '>= limit').")
+@click.option("--resolution", type=float, default=1 / 16, show_default=True,
+              help="Stop when the gap between fit and failure is at most this fraction of the fit.")
+@click.option("--no-confirm", "confirm", is_flag=True, flag_value=False, default=True,
+              help="Do not re-measure the bounding failure in a fresh worker.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Seconds per probe.")
+@click.option("--load-timeout", "load_timeout_s", type=float, default=1800.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--db", default=DEFAULTS.db, show_default=True)
+@click.option("--artifacts", default=None, help="Artifact cache [default: <db dir>/artifacts].")
+@click.option("--force", is_flag=True, help="Search again where a result is stored.")
+def maxctx(models, backends, budgets, prefill_modes, decode_len, device, dtype, start, max_len, resolution, confirm,
+           timeout_s, load_timeout_s, seed, db, artifacts, force):
+    """Bisect the longest context whose prefill + decode fits a memory budget, per model, backend, budget
+    and prefill mode (isolated worker processes; rows in the maxctx table)."""
+    from edgeports import maxctx as mc
+    from edgeports.lens import format_len, parse_len
+
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    config = mc.MaxCtxConfig(models=split(models), backends=backends, budgets=split(budgets),
+                             prefill_modes=split(prefill_modes), decode_len=decode_len, device=device, dtype=dtype,
+                             start=parse_len(start), max_len=parse_len(max_len), resolution=resolution,
+                             confirm=confirm, timeout_s=timeout_s, load_timeout_s=load_timeout_s, seed=seed, db=db,
+                             artifacts=artifacts, force=force)
+
+    def show(r):
+        click.echo(f"{r.model} {r.backend} {r.prefill_mode} @ {r.budget}: {mc.describe(r)}"
+                   + (f" (projected {mc.approx_len(r.projected_ctx)})" if r.projected_ctx else "")
+                   + (f" [{r.status}: {r.reason}]" if r.reason else "") + f" in {r.search_s:.0f} s")
+
+    written = mc.run(config, on_row=show)
+    rows = [r for r in mc.rows(db) if r.model in config.models]
+    head = ["model", "backend", "prefill", "budget", "max context", "first failure", "projected", "status"]
+    body = [[r.model, r.backend, r.prefill_mode, r.budget, mc.describe(r), format_len(r.fail_ctx) if r.fail_ctx else None,
+             mc.approx_len(r.projected_ctx) if r.projected_ctx else None, r.status] for r in rows]
+    _console().print(_table(f"edgeports maxctx ({len(written)} new)", head, body))
 
 
 @cli.group()

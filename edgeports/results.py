@@ -4,8 +4,9 @@ The `rows` table's columns come from the Row dataclass (edgeports.measure.row); 
 database adds the columns it lacks (ALTER TABLE ADD COLUMN), and columns the current Row does not
 know are kept and ignored. One row per cell key (the cell config on one platform): measuring a
 cell again replaces its row, so resuming or forcing a sweep never duplicates a cell. Each row is
-committed as soon as it is added. Room for later tables (e.g. per-operator profiles) keyed by
-cell_key.
+committed as soon as it is added. Other flat records live in tables of their own in the same file
+(`add_records` / `records`): per-operator profiles (`ops`, keyed by cell_key) and max-context
+searches (`maxctx`).
 """
 
 from __future__ import annotations
@@ -52,15 +53,19 @@ class ResultStore:
             raise EdgeportsError(f"cannot use results database {self.path}: {e}") from None
 
     def _migrate(self) -> None:
-        types = field_types()
-        have = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
+        self._ensure_table(TABLE, field_types(), ("cell_key",), index=f"{TABLE}_cell")
+
+    def _ensure_table(self, table: str, types: dict[str, type], key: tuple[str, ...], index: str | None = None) -> None:
+        """Create `table` with these columns (or add the missing ones) and a unique index on `key`."""
+        have = [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
         if not have:
             cols = ", ".join(f'"{n}" {SQL_TYPES[t]}' for n, t in types.items())
-            self.conn.execute(f"CREATE TABLE {TABLE} ({cols})")
+            self.conn.execute(f"CREATE TABLE {table} ({cols})")
         for name, t in types.items():
             if have and name not in have:
-                self.conn.execute(f'ALTER TABLE {TABLE} ADD COLUMN "{name}" {SQL_TYPES[t]}')
-        self.conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_cell ON {TABLE}(cell_key)")
+                self.conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {SQL_TYPES[t]}')
+        self.conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {index or table + '_key'} ON {table}"
+                          f"({', '.join(key)})")
         self.conn.commit()
 
     def add(self, row: Row) -> None:
@@ -81,6 +86,36 @@ class ResultStore:
             cur = self.conn.execute(f"SELECT * FROM {TABLE} {'WHERE ' + where if where else ''} ORDER BY rowid",
                                     tuple(params))
             return [Row.from_dict(dict(r)) for r in cur]
+        finally:
+            self.conn.row_factory = None
+
+    def add_records(self, table: str, records: Iterable[Any], key: tuple[str, ...]) -> None:
+        """Insert flat frozen dataclasses (one class per table) into `table`, created or extended from the
+        class's fields; a record whose `key` columns match an earlier one replaces it. Committed at once."""
+        records = list(records)
+        if not records:
+            return
+        self._ensure_table(table, field_types(type(records[0])), key)
+        names = [f.name for f in dataclasses.fields(records[0])]
+        cols, marks = ", ".join(f'"{n}"' for n in names), ", ".join("?" for _ in names)
+        try:
+            with self.conn:
+                self.conn.executemany(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})",
+                                      [[getattr(r, n) for n in names] for r in records])
+        except sqlite3.Error as e:
+            raise EdgeportsError(f"cannot write to results database {self.path}: {e}") from None
+
+    def records(self, table: str, cls: type, where: str = "", params: Iterable[Any] = ()) -> list[Any]:
+        """The records of `table` as `cls` instances (columns cls lacks are ignored), oldest first;
+        [] when the table does not exist."""
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            return []
+        names = {f.name for f in dataclasses.fields(cls)}
+        self.conn.row_factory = sqlite3.Row
+        try:
+            cur = self.conn.execute(f"SELECT * FROM {table} {'WHERE ' + where if where else ''} ORDER BY rowid",
+                                    tuple(params))
+            return [cls(**{k: v for k, v in dict(r).items() if k in names}) for r in cur]
         finally:
             self.conn.row_factory = None
 

@@ -31,7 +31,9 @@ from typing import Any
 from edgeports.errors import EdgeportsError
 from edgeports.exporters.base import canonical_dtype
 from edgeports.lens import format_len, parse_lens
+from edgeports.measure import roofline
 from edgeports.measure.memory import parse_bytes
+from edgeports.measure.profile import profiled_keys, store_ops
 from edgeports.measure.row import CellConfig, Row, cell_key, now
 from edgeports.results import DEFAULT_DB, ResultStore
 from edgeports.runners.base import parse_prefill_mode
@@ -68,6 +70,7 @@ class SweepConfig:
     artifacts: str | None = None  # None = <db dir>/artifacts
     force: bool = False
     progress: bool = True
+    profile: str | None = None  # "ops": a profiled pass per cell into the ops table (edgeports.measure.profile)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ def plan(config: SweepConfig) -> Plan:
     if config.timeout_s <= 0 or config.load_timeout_s <= 0:
         raise EdgeportsError("timeouts must be positive")
     budget = parse_bytes(config.mem_budget) if config.mem_budget else None
+    if config.profile not in (None, "ops"):
+        raise EdgeportsError(f"unknown --profile {config.profile!r} (use ops)")
     modes = tuple(dict.fromkeys(config.prefill_modes)) or ("full",)
     for m in modes:
         parse_prefill_mode(m)
@@ -311,7 +316,8 @@ def run_group(cells: list[Cell], config: SweepConfig, artifacts: Path, logs: Pat
                 cell = pending[0]
                 sent += 1
                 worker.send({"id": sent, "prompt_len": cell.prompt_len, "decode_len": cell.decode_len,
-                             "prefill_mode": cell.prefill_mode, "repeats": cell.repeats, "warmup": cell.warmup})
+                             "prefill_mode": cell.prefill_mode, "repeats": cell.repeats, "warmup": cell.warmup,
+                             "profile": config.profile})
                 msg = worker.receive(config.timeout_s)
                 pending.pop(0)
                 if isinstance(msg, dict):
@@ -352,14 +358,23 @@ def run(config: SweepConfig, console=None) -> dict[str, int]:
         return cell_key(cell.config(), fp)
 
     def emit(cell: Cell, fields: dict[str, Any]) -> None:
+        ops = fields.pop("ops", None)
+        fields.update(roofline.row_fields(cell.config(), fields, *peaks.get(cell.dtype, (None, None)), cell.source))
         row = Row.from_dict({**fp, **cell.config(), **fields, "sweep_id": sweep_id, "cell_key": key(cell),
                              "timestamp": now()})
         store.add(row)
+        if ops and "error" in ops:
+            progress.note(f"{cell.model} {cell.backend} {format_len(cell.prompt_len)}: no profile ({ops['error']})")
+        store_ops(store, row.cell_key, ops, row.timestamp)
         counts[row.status] = counts.get(row.status, 0) + 1
         progress.advance(cell, row)
 
     done = set() if config.force else store.done_keys()
+    if config.profile:
+        done &= profiled_keys(store)  # a measured cell without its profile is measured again, profiled
     todo = [c for c in p.cells if key(c) not in done]
+    # measured once per run, before any worker holds the device
+    peaks = {dtype: roofline.peaks_for_run(p.device, dtype) for dtype in sorted({c.dtype for c in todo})}
     progress = Progress(len(p.cells) + len(p.unsupported), len(p.cells) - len(todo), console, config.progress)
     try:
         with progress:

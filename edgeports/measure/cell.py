@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgeports.measure.memory import PeakSampler, allocator_peaks, release_cached, reset_allocator_peaks
@@ -34,6 +33,7 @@ class Plan:
     repeats: int = 3
     warmup: int = 1  # untimed runs before the samples: the full prefill + WARMUP_DECODE decode steps
     seed: int = 0  # of the random prompt
+    profile: str | None = None  # "ops": one profiled prefill + decode after the timed ones (measure.profile)
 
 
 def prompt_ids(vocab_size: int, batch: int, length: int, device: torch.device | str, seed: int = 0) -> torch.Tensor:
@@ -109,9 +109,26 @@ def measure(runner, plan: Plan, vocab_size: int, device_reader: Callable[[], int
     else:
         out["memory_reason"] = f"no allocator statistics on {device.type} (rss_peak_bytes is the process peak)"
     if energy:
-        out.update(energy_prefill_j=float(np.median(e_prefill)),
-                   energy_per_token_j=float(np.median(e_token)) if e_token else None, energy_method=energy_method)
+        from edgeports.measure.energy import EnergyMeter, energy_fields
+
+        n = plan.decode_len
+
+        def fresh_prefill():
+            runner.reset()
+            runner.prefill(ids, plan.chunk, max_len=plan.prompt_len + n)
+
+        # (joules, seconds) of each timed region: the energy reads sit at the same marks as the latency
+        prefill_regions = [(j, t / 1e3) for j, t in zip(e_prefill, ttft, strict=True)]
+        decode_regions = [(j * n, t * n / 1e3) for j, t in zip(e_token, tpot, strict=True)]
+        out.update(energy_fields(EnergyMeter(energy, energy_method), fresh_prefill,
+                                 (lambda: runner.decode(n)) if n else None, runner.sync, n, prefill_regions,
+                                 decode_regions))
+        runner.reset()
     else:
         out["energy_reason"] = energy_reason
+    if plan.profile == "ops":
+        from edgeports.measure.profile import profile_or_error
+
+        out["ops"] = profile_or_error(runner, ids, plan.chunk, plan.prompt_len + plan.decode_len, plan.decode_len)
     out["runner_info"] = json.dumps(runner.info, sort_keys=True, default=str)
     return out

@@ -134,5 +134,13 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(exc)
+    if isinstance(exc, RuntimeError) and "could not create a primitive" in text and _address_space_limited():
+        return True  # oneDNN's message when its scratch allocation fails under RLIMIT_AS (--mem-budget on the CPU)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()
                                               or "std::bad_alloc" in text)
+
+
+def _address_space_limited() -> bool:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY

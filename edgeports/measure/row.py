@@ -84,6 +84,15 @@ class Row(CellConfig):
     energy_per_token_j: float | None = None
     energy_method: str | None = None
     energy_reason: str | None = None
+    # ---- roofline (edgeports.measure.roofline): analytic work / measured p50 time, and this run's peaks
+    prefill_flop_s: float | None = None
+    prefill_bytes_s: float | None = None  # compulsory traffic (weights, state): a lower bound
+    decode_flop_s: float | None = None
+    decode_bytes_s: float | None = None
+    peak_flop_s: float | None = None  # measured once per run (matmul in the cell's dtype)
+    peak_bytes_s: float | None = None  # measured once per run (device copy, read + write)
+    peak_source: str | None = None
+    roofline_reason: str | None = None
     # ---- correctness
     parity: str | None = None  # "ok ...", "skipped: ...", "not comparable: ..."
     parity_max_err: float | None = None
@@ -134,11 +143,12 @@ class Row(CellConfig):
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def field_types() -> dict[str, type]:
-    """Field name -> base python type (int, float or str; Optional stripped)."""
-    hints = typing.get_type_hints(Row)
+def field_types(cls: type = Row) -> dict[str, type]:
+    """Field name -> base python type (int, float or str; Optional stripped) of Row, or of another
+    flat dataclass stored in the results database (edgeports.results.ResultStore.add_records)."""
+    hints = typing.get_type_hints(cls)
     out = {}
-    for f in dataclasses.fields(Row):
+    for f in dataclasses.fields(cls):
         args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
         out[f.name] = args[0] if args else hints[f.name]
     return out

@@ -56,5 +56,6 @@ def test_measure_without_decode_and_with_energy():
     out = measure(CountingRunner(), Plan(prompt_len=8, decode_len=0, repeats=2, warmup=0), vocab_size=7,
                   energy=lambda: next(joules), energy_method="fake-counter")
     assert out.get("tpot_p50_ms") is None and out.get("decode_tok_s") is None
-    assert out["energy_prefill_j"] == 1.0 and out["energy_method"] == "fake-counter"
-    assert out["energy_per_token_j"] is None
+    # a counter that moves on every read: read directly or in a window (tests/measure/test_energy.py)
+    assert out["energy_prefill_j"] > 0 and out["energy_method"].startswith("fake-counter")
+    assert out.get("energy_per_token_j") is None
