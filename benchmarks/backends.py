@@ -72,7 +72,24 @@ def setup_compile_aot(lm, args):
     return runner, setup_s, {"export_s": round(art.export_s, 1)}
 
 
-BACKENDS = {"eager": setup_eager, "compile-jit": setup_compile_jit, "compile-aot": setup_compile_aot}
+def setup_ort_cuda(lm, args):
+    """ONNX graphs exported from the same LM (standard SSM lowering, KV caches sized per prompt), run by ONNX
+    Runtime's CUDA EP with IO binding, state on the device; setup = export (on the host CPU) + sessions.
+    Needs onnxruntime-gpu (../shared/tools/ort-gpu-parts.sh, then PYTHONPATH=/tmp/ortsite)."""
+    from edgeports.exporters.base import ExportOptions, read_artifact
+    from edgeports.exporters.onnx import export
+    from edgeports.runners.ort import load
+
+    extra = (("onnx_chunked", False), ("onnx_cache", "dynamic"))
+    options = ExportOptions(dtype=args.dtype, max_len=args.max_len, extra=extra)
+    t0 = time.perf_counter()
+    art = export(lm, Path(args.workdir) / f"{lm.spec.name}-onnx", options)
+    runner = load(read_artifact(art.path, backend="onnx"), DEV)
+    return runner, time.perf_counter() - t0, {"export_s": round(art.export_s, 1), "provider": runner.info["provider"]}
+
+
+BACKENDS = {"eager": setup_eager, "compile-jit": setup_compile_jit, "compile-aot": setup_compile_aot,
+            "ort-cuda": setup_ort_cuda}
 
 
 # ---- measurement ------------------------------------------------------------------------------------------

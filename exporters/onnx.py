@@ -36,8 +36,10 @@ Every graph passes onnx.checker (full check, with strict shape inference) before
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
+import re
 import time
 import warnings
 from dataclasses import replace
@@ -66,6 +68,8 @@ DEFAULT_OPSET = 23
 MIN_OPSET = 18
 TRACE_LEN = 37  # sample prompt length for tracing (prime: unlikely to coincide with a static dim)
 LEN_AXIS = "L"
+CACHE_AXIS = "max_len"
+CACHE_MODES = ("static", "dynamic")
 
 
 def available() -> tuple[bool, str]:
@@ -121,15 +125,42 @@ def io_names(layout) -> tuple[list[str], list[str]]:
     return (["ids"] + [f"past.{s.name}" for s in layout], ["logits"] + [f"present.{s.name}" for s in layout])
 
 
-def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_version: int, trace_len: int = TRACE_LEN):
-    """One graph of an LM -> an onnx_ir Model (not yet saved)."""
+def cache_mode(options: ExportOptions) -> str:
+    """options.extra["onnx_cache"], checked."""
+    mode = options.get("onnx_cache", "static")
+    if mode not in CACHE_MODES:
+        raise EdgeportsError(f"onnx_cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    return mode
+
+
+def cache_axes(lm: LM, batch: int, max_len: int) -> dict[str, tuple[int, int]]:
+    """{slot: (axis, offset)} for the state dims that grow with max_len (size = max_len + offset): KV caches,
+    Hymba's with its meta tokens; a ring cache shorter than max_len does not grow and stays static."""
+    a, b = lm.state_layout(batch, max_len), lm.state_layout(batch, max_len + 17)
+    out = {}
+    for sa, sb in zip(a, b, strict=True):
+        grown = [i for i, (x, y) in enumerate(zip(sa.shape, sb.shape, strict=True)) if y - x == 17]
+        if grown:
+            out[sa.name] = (grown[0], sa.shape[grown[0]] - max_len)
+    return out
+
+
+def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_version: int, trace_len: int = TRACE_LEN,
+          cache: str = "static"):
+    """One graph of an LM -> an onnx_ir Model (not yet saved). cache="dynamic" makes the max_len axis of
+    the KV caches a graph dimension ("max_len", 2..max_len) instead of the constant max_len."""
     state = lm.new_state(batch, max_len, "cpu")
     length = 1 if graph == "decode" else min(trace_len, max_len)
     ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, length))
     length_dim = None if graph == "decode" else {1: torch.export.Dim.DYNAMIC(min=1, max=max_len)}
-    inputs, outputs = io_names(lm.state_layout(batch, max_len))
-    return to_onnx(Step(lm, graph), (ids, *state), (length_dim, tuple(None for _ in state)), inputs, outputs,
-                   lowering, opset_version)
+    layout = lm.state_layout(batch, max_len)
+    axes = cache_axes(lm, batch, max_len) if cache == "dynamic" else {}
+    # one symbol for every cache (a dim of max_len + offset is derived from it)
+    cache_dim = torch.export.Dim(CACHE_AXIS, min=2, max=max_len)
+    state_dims = tuple({axes[s.name][0]: cache_dim + axes[s.name][1] if axes[s.name][1] else cache_dim}
+                       if s.name in axes else None for s in layout)
+    inputs, outputs = io_names(layout)
+    return to_onnx(Step(lm, graph), (ids, *state), (length_dim, state_dims), inputs, outputs, lowering, opset_version)
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names: list[str], output_names: list[str],
@@ -191,9 +222,25 @@ def _optimize(model) -> None:
     )(model)
 
 
-def _length_symbol(model) -> str | None:
-    dim = model.graph.inputs[0].shape[1]
-    return None if isinstance(dim, int) else dim.value
+def _dim_names(model, axes: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """{exporter symbol: readable name}: the prompt length of ids -> "L", the cache length -> "max_len"."""
+    def base(dim) -> str | None:
+        if isinstance(dim, int):
+            return None
+        found = re.search(r"[A-Za-z_]\w*", str(dim.value))
+        return found.group(0) if found else None
+
+    inputs = {v.name: v for v in model.graph.inputs}
+    names = {}
+    sym = base(inputs["ids"].shape[1])
+    if sym:
+        names[sym] = LEN_AXIS
+    for slot, (axis, _) in axes.items():
+        sym = base(inputs[f"past.{slot}"].shape[axis])
+        if sym:
+            names[sym] = CACHE_AXIS
+            break
+    return names
 
 
 def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
@@ -209,8 +256,11 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     t0 = time.perf_counter()
     spec = resolve_spec(source)
     lowering, opset_version, names = ssm_lowering(options), opset(options), graphs(options)
+    cache = cache_mode(options)
     if isinstance(source, LM):
-        lm = source.cpu().eval()
+        # trace a CPU copy: an ONNX graph has no device, and the caller keeps its model where it is
+        on_cpu = next(source.parameters()).device.type == "cpu"
+        lm = (source if on_cpu else copy.deepcopy(source).cpu()).eval()
         options = replace(options, dtype=next(lm.parameters()).dtype, weights="<in-memory LM>")
     else:
         lm = build_lm(spec, replace(options, device="cpu"), device="cpu")  # an ONNX graph has no device
@@ -223,10 +273,9 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         store = onnx_graph.WeightStore(tmp)
         for graph in names:
             t1 = time.perf_counter()
-            model = trace(lm, graph, options.batch, options.max_len, lowering, opset_version)
-            sym = _length_symbol(model)
-            if sym is not None:
-                onnx_graph.rename_dims(model, {sym: LEN_AXIS})
+            model = trace(lm, graph, options.batch, options.max_len, lowering, opset_version, cache=cache)
+            onnx_graph.rename_dims(model, _dim_names(model, cache_axes(lm, options.batch, options.max_len)
+                                                     if cache == "dynamic" else {}))
             store.externalize(model)
             path = tmp / f"{graph}.onnx"
             ir.save(model, path)
@@ -238,6 +287,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         store.write_index()
         ranges = {"batch": [options.batch, options.batch], "max_len": options.max_len,
                   "prefill_len": [1, options.max_len], "opset": opset_version, "onnx_ssm": lowering,
+                  "cache_axes": cache_axes(lm, options.batch, options.max_len) if cache == "dynamic" else {},
                   "weights_bytes": store.nbytes, "graphs": info}
         art = write_manifest(tmp, Path(out_dir), backend=NAME, spec=spec, options=options,
                              state_layout=layout_json(layout), shape_ranges=ranges,

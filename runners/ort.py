@@ -119,6 +119,8 @@ class OrtRunner(StepRunner):
         ranges = artifact.shape_ranges
         self.batch, self.max_len = ranges["batch"][0], ranges["max_len"]
         self.layout = artifact.state_layout
+        # dynamic caches (onnx_cache=dynamic) are sized per prompt like eager's; static ones hold max_len
+        self.cache_axes = {k: tuple(v) for k, v in ranges.get("cache_axes", {}).items()}
         self._providers = providers(self.device)
         self._custom_ops = _custom_ops_library(ranges.get("onnx_ssm", "standard"))
         self._weights = self._load_weights()
@@ -130,7 +132,7 @@ class OrtRunner(StepRunner):
         used = self._graphs["prefill"].session.get_providers()
         self.info = {"provider": used[0], "providers": used, "onnxruntime": ort.__version__,
                      "graphs": sorted(self._graphs), "opset": ranges.get("opset"), "onnx_ssm": ranges.get("onnx_ssm"),
-                     "state_max_len": self.max_len, "shared_weights": len(self._weights),
+                     "cache": "dynamic" if self.cache_axes else f"static {self.max_len}", "shared_weights": len(self._weights),
                      "inplace_slots": {g: sum(x.inplace) for g, x in self._graphs.items()}}
 
     # ---- loading ----------------------------------------------------------------------------------
@@ -200,9 +202,18 @@ class OrtRunner(StepRunner):
     def new_state(self, batch: int, max_len: int) -> _State:
         if batch != self.batch:
             raise EdgeportsError(f"the ONNX graphs were exported for batch {self.batch}, not {batch}")
-        cur = [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"]), device=self.device) for s in self.layout]
+        cur = [torch.zeros(self._shape(s, max_len), dtype=getattr(torch, s["dtype"]), device=self.device)
+               for s in self.layout]
         pingpong = {i for g in self._graphs.values() for i, ok in enumerate(g.inplace) if not ok}
         return _State(cur, {i: torch.empty_like(cur[i]) for i in sorted(pingpong)})
+
+    def _shape(self, slot: dict[str, Any], max_len: int) -> list[int]:
+        """A slot's shape for max_len: the exported one, or with its cache axis resized (onnx_cache=dynamic)."""
+        shape = list(slot["shape"])
+        if slot["name"] in self.cache_axes:
+            axis, offset = self.cache_axes[slot["name"]]
+            shape[axis] = max_len + offset
+        return shape
 
     def prefill_step(self, ids: torch.Tensor, state: _State, first: bool) -> tuple[torch.Tensor, _State]:
         return self._run("prefill" if first else "prefill_next", ids, state)

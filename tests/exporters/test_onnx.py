@@ -177,7 +177,8 @@ def test_opset_18_and_bfloat16(tmp_path):
 
 
 @pytest.mark.parametrize("extra,words", [({"onnx_ssm": "fused"}, "onnx_ssm must be one of"),
-                                         ({"onnx_opset": 17}, "too old"), ({"onnx_opset": "x"}, "integer")])
+                                         ({"onnx_opset": 17}, "too old"), ({"onnx_opset": "x"}, "integer"),
+                                         ({"onnx_cache": "huge"}, "onnx_cache must be one of")])
 def test_bad_options_are_one_line_errors(tmp_path, extra, words):
     with pytest.raises(EdgeportsError, match=words):
         onnx_exporter.export(get_spec("tiny-llama"), tmp_path / "x", _opts(**extra))

@@ -50,8 +50,12 @@ def _spec(name: str):
     return spec
 
 
+DYNAMIC_CACHE = ("tiny-qwen2",)  # KV caches sized per prompt (onnx_cache=dynamic); the others static
+
+
 def _options(name: str) -> ExportOptions:
-    return ExportOptions(dtype="float32", max_len=MAX_LEN, extra=(("onnx_chunked", name in CHUNKED),))
+    extra = (("onnx_chunked", name in CHUNKED), ("onnx_cache", "dynamic" if name in DYNAMIC_CACHE else "static"))
+    return ExportOptions(dtype="float32", max_len=MAX_LEN, extra=extra)
 
 
 class Exports:
@@ -114,9 +118,14 @@ def test_prefill_and_decode_match_eager(exports, name):
     first = runner.prefill(ids).clone()
     runner.decode(3)
     assert torch.equal(runner.prefill(ids), first)
-    # state bytes: the layout's KV/conv/SSM slots, plus a second buffer for each ping-pong slot
+    # state bytes: the layout's KV/conv/SSM slots (static: at the exported max_len), plus a second buffer for
+    # each ping-pong slot; a dynamic cache is sized by the prefill's max_len, like eager's
     layout_bytes = sum(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])).nbytes for s in art.state_layout[:-1])
     assert runner.state_bytes >= layout_bytes
+    if name in DYNAMIC_CACHE:
+        runner.prefill(ids, max_len=32)
+        assert runner.info["cache"] == "dynamic" and runner.state_bytes < layout_bytes
+        assert runner._state.cur[0].shape[2] == 32  # [B, H_kv, max_len, head_dim]
     assert runner.weight_bytes == art.shape_ranges["weights_bytes"]
 
 
