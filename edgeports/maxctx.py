@@ -196,7 +196,7 @@ def project(probes: list[Probe], budget: int | None) -> tuple[int | None, str]:
     base = my - slope * mx
     if slope <= 1.0:  # under a byte per token: memory does not grow with length
         return None, f"memory does not grow with length ({slope:.2f} B/token over {n} probes): unbounded"
-    at = int((budget - base) / slope)
+    at = round((budget - base) / slope)
     return at, f"{format_bytes(base)} + {format_bytes(slope)}/token over {n} probes"
 
 

@@ -101,9 +101,9 @@ def crossover(a: dict[int, float], b: dict[int, float]) -> Crossover:
     ratios = tuple(a[n] / b[n] for n in lens)
     for i in range(len(lens) - 1):
         r0, r1 = math.log(ratios[i]), math.log(ratios[i + 1])
-        if r0 == 0:
-            return Crossover(float(lens[i]), lens, ratios)
-        if (r0 < 0) != (r1 < 0) or r1 == 0:
+        if r0 == 0 or r1 == 0:  # equal at a measured length
+            return Crossover(float(lens[i] if r0 == 0 else lens[i + 1]), lens, ratios)
+        if (r0 < 0) != (r1 < 0):
             x0, x1 = math.log(lens[i]), math.log(lens[i + 1])
             return Crossover(math.exp(x0 + (0 - r0) * (x1 - x0) / (r1 - r0)), lens, ratios)
     return Crossover(None, lens, ratios)

@@ -1,0 +1,98 @@
+"""Max context: the bisection (pure), the projection, and a real search under RLIMIT_AS on the CPU."""
+
+import json
+
+import pytest
+
+from edgeports import maxctx as mc
+from edgeports.errors import EdgeportsError
+from edgeports.results import ResultStore
+
+
+class FakeProbes:
+    """Fits up to `limit` tokens in a fresh worker; a used worker has `leftover` tokens' worth less room."""
+
+    def __init__(self, limit, leftover=0, error_at=None):
+        self.limit, self.leftover, self.error_at = limit, leftover, error_at
+        self.calls, self.used = [], False
+
+    def __call__(self, n, fresh):
+        self.calls.append((n, fresh))
+        if n == self.error_at:
+            return mc.Probe(n, "error", reason="boom")
+        room = self.limit - (self.leftover if self.used and not fresh else 0)
+        self.used = True
+        return mc.Probe(n, "ok" if n <= room else "oom", fresh=fresh or len(self.calls) == 1)
+
+
+@pytest.mark.parametrize("limit", [256, 3000, 5000, 12345, 40000, 65536])
+def test_bisection_finds_the_limit_within_the_resolution(limit):
+    probe = FakeProbes(limit)
+    s = mc.bisect(probe, start=4096, cap=1 << 20, granule=256, resolution=1 / 16)
+    assert s.fit <= limit < s.fail and s.fail - s.fit <= max(256, s.fit / 16)
+    assert len(probe.calls) <= 16
+
+
+def test_bisection_stops_at_the_cap_and_below_the_granule():
+    s = mc.bisect(FakeProbes(10**9), start=4096, cap=65536, granule=256, resolution=1 / 16)
+    assert (s.fit, s.fail) == (65536, None)
+    assert [p.length for p in s.probes] == [4096, 8192, 16384, 32768, 65536]
+    s = mc.bisect(FakeProbes(100), start=4096, cap=65536, granule=256, resolution=1 / 16)
+    assert (s.fit, s.fail) == (None, 256)  # not even one granule fits
+
+
+def test_confirm_rules_out_memory_left_by_earlier_probes():
+    """A used worker has less room: without confirm the answer is low; with it, the bounding failure is
+    measured again fresh, turns out to fit, and the search continues above it."""
+    plain = mc.bisect(FakeProbes(12000, leftover=3000), 4096, 1 << 20, 256, 1 / 16)
+    assert plain.fit < 12000 - 2000
+    probe = FakeProbes(12000, leftover=3000)
+    s = mc.bisect(probe, 4096, 1 << 20, 256, 1 / 16, confirm=True)
+    assert s.fit <= 12000 < s.fail and any(fresh and n == s.fail for n, fresh in probe.calls)
+    assert s.fit > plain.fit
+
+
+def test_an_error_ends_the_search():
+    s = mc.bisect(FakeProbes(50000, error_at=16384), 4096, 1 << 20, 256, 1 / 16)
+    assert s.stopped.status == "error" and s.fit == 8192 and s.fail is None
+
+
+def test_projection():
+    probes = [mc.Probe(n, "ok", peak=1000 + 10 * n) for n in (1024, 2048, 4096)] + [mc.Probe(8192, "oom")]
+    at, how = mc.project(probes, budget=1000 + 10 * 100_000)
+    assert at == 100_000 and "over 3 probes" in how
+    flat = [mc.Probe(n, "ok", peak=5000) for n in (1024, 2048)]
+    assert mc.project(flat, 10**6)[0] is None and "unbounded" in mc.project(flat, 10**6)[1]
+    assert mc.project([mc.Probe(1024, "ok")], 10**6)[0] is None  # no allocator peaks (CPU)
+
+
+def test_device_budget_is_refused_on_the_cpu(tmp_path):
+    with pytest.raises(EdgeportsError, match="give a size"):
+        mc.run(mc.MaxCtxConfig(models=("tiny-llama",), budgets=("device",), device="cpu", db=str(tmp_path / "e.db")))
+
+
+def test_real_search_under_rlimit_as(tmp_path):
+    """tiny-mamba2 (eager, fp32) in sweep workers with --mem-budget 32MiB, i.e. RLIMIT_AS = the loaded
+    worker's address space + 32 MiB - weights (edgeports.worker.apply_mem_budget), decode 4 steps.
+
+    Full prefill materialises activations proportional to L (in_proj output, conv and SSD intermediates,
+    ~6-7 KB per token here), so the 32 MiB of address space run out after a few thousand tokens: a finite
+    maximum, bisected to within a quarter. Chunked prefill (1024-token chunks) keeps one chunk's activations
+    and a fixed-size SSM state, so its memory does not depend on L and it reaches the 8k search limit."""
+    db = str(tmp_path / "e.db")
+    config = mc.MaxCtxConfig(models=("tiny-mamba2",), budgets=("32MiB",), prefill_modes=("full", "chunk:1024"),
+                             decode_len=4, device="cpu", start=2048, max_len=8192, resolution=0.25, db=db)
+    rows = {r.prefill_mode: r for r in mc.run(config)}
+    full, chunked = rows["full"], rows["chunk:1024"]
+    assert full.status == "ok" and 0 < full.max_ctx < 8192 and not full.capped
+    assert full.fail_ctx - full.max_ctx <= max(256, full.max_ctx / 4)
+    probes = json.loads(full.probes)
+    fresh_ok = [n for n, status, _, fresh in probes if fresh and status == "ok"]
+    fresh_oom = [n for n, status, _, fresh in probes if fresh and status == "oom"]
+    assert full.fail_ctx in fresh_oom and max(fresh_ok) < min(fresh_oom)  # the bound was confirmed fresh
+    assert full.mem_budget == 32 << 20 and "allocator peak" in full.projection
+    assert chunked.status == "ok" and chunked.capped and chunked.max_ctx == 8192 and chunked.fail_ctx is None
+    with ResultStore(db, create=False) as store:
+        assert len(store.records(mc.MAXCTX_TABLE, mc.MaxCtxRow)) == 2
+    assert mc.run(config) == []  # stored: nothing to search again
+    assert mc.describe(chunked) == ">= 8k (limit)"
