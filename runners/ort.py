@@ -66,7 +66,7 @@ def ortvalue(t: torch.Tensor):
     ort = _ort()
     try:
         return ort.OrtValue.from_dlpack(t)
-    except TypeError:  # older onnxruntime: the C binding takes a capsule and a bool flag
+    except (TypeError, AttributeError):  # older onnxruntime: the C binding takes a capsule and a bool flag
         from onnxruntime.capi import _pybind_state as C
 
         return ort.OrtValue(C.OrtValue.from_dlpack(t.__dlpack__(), t.dtype == torch.bool))
