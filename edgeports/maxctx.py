@@ -5,7 +5,8 @@ sweep worker (edgeports.worker, the same process and protocol as `edgeports run`
 inside it after loading, RLIMIT_AS on the CPU and the allocator's per-process fraction on CUDA), doubling
 from --start until a probe runs out of memory or --max-len is reached, then bisecting between the longest
 fit and the shortest failure until they are within the resolution. The worker is reused between probes
-(it releases every cached block after a failed cell); a worker that dies or hangs is replaced. With
+and between the prefill modes of one (model, backend, budget) (it releases every cached block after a
+failed cell); a worker that dies or hangs is replaced. With
 `confirm`, the failure that bounds the result is measured again in a fresh worker, so the answer never
 rests on memory an earlier probe left behind (glibc keeps freed heap mapped, which RLIMIT_AS counts).
 
@@ -16,6 +17,7 @@ address space, which no probe measures; None as well when memory does not grow w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -150,8 +152,9 @@ def bisect(probe: Callable[[int, bool], Probe], start: int, cap: int, granule: i
     while ok and n < cap and s.fail is None:
         n = min(cap, _round(n * 2, granule))
         ok = run(n)
-    while s.stopped is None and s.fit is not None and s.fail is not None:
-        if s.fail - s.fit <= max(granule, resolution * s.fit):
+    while s.stopped is None and s.fail is not None:
+        # (no fit at all: the halving reached one granule, so the bound is that granule)
+        if s.fit is None or s.fail - s.fit <= max(granule, resolution * s.fit):
             if not confirm or _fresh(s, s.fail):
                 break
             ok = run(s.fail, fresh=True)
@@ -203,21 +206,28 @@ def project(probes: list[Probe], budget: int | None) -> tuple[int | None, str]:
 # ---------------------------------------------------------------------------------------------- workers
 
 class _Prober:
-    """Probes one (model, backend, budget, mode) in a sweep worker, replacing it when asked or when lost."""
+    """Probes the searches of one (model, backend, budget) -- one per prefill mode -- in a sweep worker they
+    share, replacing it when a probe asks for a fresh one or when it is lost."""
 
-    def __init__(self, cell, config: MaxCtxConfig, sweep_config, artifacts: Path, logs: Path):
-        self.cell, self.config, self.sweep_config = cell, config, sweep_config
+    def __init__(self, cells: list, config: MaxCtxConfig, sweep_config, artifacts: Path, logs: Path):
+        self.cells, self.config, self.sweep_config = cells, config, sweep_config
         self.artifacts, self.logs = artifacts, logs
         self.worker = None
-        self.load_failure: Probe | None = None
         self.sent = 0
+        self.dirty = False  # the worker has run out of memory before
+        self.fresh_next = False
 
-    def _start(self):
+    def start_search(self) -> None:
+        """A new search starts in a fresh worker if this one has run out of memory before."""
+        self.fresh_next = self.dirty
+
+    def _start(self) -> tuple[str, str] | None:
         from edgeports.sweep import WorkerProcess, _job
 
         self.close()
-        self.worker = WorkerProcess(_job([self.cell], self.sweep_config, self.artifacts),
-                                    self.logs / f"maxctx__{self.cell.model}__{self.cell.backend}.log")
+        c = self.cells[0]
+        self.worker = WorkerProcess(_job(self.cells, self.sweep_config, self.artifacts),
+                                    self.logs / f"maxctx__{c.model}__{c.backend}.log")
         msg = self.worker.receive(self.config.load_timeout_s)
         if isinstance(msg, dict) and msg.get("type") == "ready":
             return None
@@ -228,8 +238,10 @@ class _Prober:
             return "error", self.worker.death()
         return msg["status"], f"load: {msg['reason']}"
 
-    def __call__(self, length: int, fresh: bool) -> Probe:
-        if fresh or self.worker is None:
+    def probe(self, cell, length: int, fresh: bool) -> Probe:
+        """Prefill `length` tokens in `cell`'s prefill mode, then decode; one timed run, no warm-up."""
+        if fresh or self.worker is None or self.fresh_next:
+            self.fresh_next, self.dirty = False, False
             failed = self._start()
             if failed:  # the model does not load (weights over the budget, ...): nothing to bisect
                 self.worker = None
@@ -237,13 +249,14 @@ class _Prober:
                 return Probe(length, "timeout" if status == "timeout" else "error", reason=reason, fresh=True)
             fresh = True
         self.sent += 1
-        self.worker.send({"id": self.sent, "prompt_len": length, "decode_len": self.cell.decode_len,
-                          "prefill_mode": self.cell.prefill_mode, "repeats": 1, "warmup": 0})
+        self.worker.send({"id": self.sent, "prompt_len": length, "decode_len": cell.decode_len,
+                          "prefill_mode": cell.prefill_mode, "repeats": 1, "warmup": 0})
         msg = self.worker.receive(self.config.timeout_s)
         if isinstance(msg, dict):
             # the allocator's reserved peak is what the per-process fraction limits (None on the CPU, whose
             # RSS holds the interpreter and libraries, while RLIMIT_AS limits address space)
             peak = msg.get("peak_reserved_bytes")
+            self.dirty |= msg["status"] == "oom"
             return Probe(length, msg["status"], peak=peak, fresh=fresh, reason=msg.get("reason"))
         if msg == "timeout":
             self.worker.kill()
@@ -254,9 +267,10 @@ class _Prober:
         # the kernel's OOM killer (e.g. unified memory on Jetson without a budget) shows up as SIGKILL
         return Probe(length, "oom" if "SIGKILL" in death else "error", fresh=fresh, reason=death)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Let the worker finish (or kill it at once)."""
         if self.worker is not None:
-            self.worker.close()
+            self.worker.kill() if kill else self.worker.close()
             self.worker = None
 
 
@@ -313,29 +327,39 @@ def run(config: MaxCtxConfig, on_row: Callable[[MaxCtxRow], None] | None = None)
     written = []
     with ResultStore(config.db) as store:
         done = set() if config.force else {r.key for r in store.records(MAXCTX_TABLE, MaxCtxRow)}
-        for cell, label, budget, sweep, unsupported in searches:
-            key = _key(cell, label, config, fp)
-            if key in done:
-                continue
-            t0 = time.perf_counter()
-            if unsupported:
-                s, status, reason = Search(), "error", unsupported
-            else:
-                chunk = parse_prefill_mode(cell.prefill_mode) or 0
-                granule = max(GRANULE, chunk)
-                prober = _Prober(cell, config, sweep, artifacts, db_dir / "logs")
-                try:
-                    s = bisect(prober, config.start, config.max_len, granule, config.resolution, config.confirm)
-                finally:
-                    prober.close()
-                status = "ok" if s.stopped is None else ("timeout" if s.stopped.status == "timeout" else "error")
-                reason = None if s.stopped is None else f"{s.stopped.status} at {format_len(s.stopped.length)}: " \
-                                                         f"{s.stopped.reason}"
-            row = _row(cell, label, budget, config, s, status, reason, time.perf_counter() - t0, key, fp)
-            store.add_records(MAXCTX_TABLE, [row], MAXCTX_KEY)
-            written.append(row)
-            if on_row:
-                on_row(row)
+        groups: dict[tuple, list] = {}
+        for search in searches:
+            cell, label = search[0], search[1]
+            if _key(cell, label, config, fp) not in done:
+                groups.setdefault((cell.model, cell.backend, label), []).append(search)
+        for group in groups.values():
+            runnable = [cell for cell, _, _, _, unsupported in group if not unsupported]
+            prober = _Prober(runnable, config, group[0][3], artifacts, db_dir / "logs") if runnable else None
+            try:
+                for cell, label, budget, _, unsupported in group:
+                    t0 = time.perf_counter()
+                    if unsupported:
+                        s, status, reason = Search(), "error", unsupported
+                    else:
+                        granule = max(GRANULE, parse_prefill_mode(cell.prefill_mode) or 0)
+                        prober.start_search()
+                        s = bisect(functools.partial(prober.probe, cell), config.start,
+                                   config.max_len, granule, config.resolution, config.confirm)
+                        status = "ok" if s.stopped is None else ("timeout" if s.stopped.status == "timeout" else "error")
+                        reason = None if s.stopped is None else \
+                            f"{s.stopped.status} at {format_len(s.stopped.length)}: {s.stopped.reason}"
+                    row = _row(cell, label, budget, config, s, status, reason, time.perf_counter() - t0,
+                               _key(cell, label, config, fp), fp)
+                    store.add_records(MAXCTX_TABLE, [row], MAXCTX_KEY)
+                    written.append(row)
+                    if on_row:
+                        on_row(row)
+            except BaseException:  # Ctrl-C or a bug: stop the worker now, not after its probe
+                if prober:
+                    prober.close(kill=True)
+                raise
+            if prober:
+                prober.close()
     return written
 
 

@@ -63,8 +63,23 @@ def apply_mem_budget(budget: int | None, device: str, weight_bytes: int) -> None
     now = vm_size()
     if now is None:
         raise EdgeportsError("--mem-budget on the CPU needs /proc/self/status (Linux)")
+    _return_freed_memory()
     limit = now + budget - weight_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _return_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the kernel (fixed 1 MiB mmap threshold instead of the
+    dynamic one, which grows after the first large free and then serves big tensors from the heap, where
+    freed memory stays mapped): otherwise what one cell freed still counts against the next one's RLIMIT_AS."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: the budget still applies, freed memory is just returned less eagerly
 
 
 def _fault(where: int | str) -> None:

@@ -52,6 +52,13 @@ def test_confirm_rules_out_memory_left_by_earlier_probes():
     assert s.fit > plain.fit
 
 
+def test_confirm_recovers_when_a_used_worker_fits_nothing():
+    probe = FakeProbes(3000, leftover=5000)  # a used worker fits nothing at all
+    s = mc.bisect(probe, 4096, 1 << 20, 256, 1 / 16, confirm=True)
+    assert s.fit <= 3000 < s.fail and s.fail - s.fit <= max(256, s.fit / 16)
+    assert mc.bisect(FakeProbes(3000, leftover=5000), 4096, 1 << 20, 256, 1 / 16).fit is None  # unconfirmed
+
+
 def test_an_error_ends_the_search():
     s = mc.bisect(FakeProbes(50000, error_at=16384), 4096, 1 << 20, 256, 1 / 16)
     assert s.stopped.status == "error" and s.fit == 8192 and s.fail is None
