@@ -34,7 +34,7 @@ from edgeports.measure.row import now, platform_id
 
 MAXCTX_TABLE = "maxctx"
 MAXCTX_KEY = ("key",)
-GRANULE = 256  # probe lengths are multiples of this (or of the prefill chunk, when larger)
+GRANULE = 256  # probe lengths are multiples of this (a chunked prefill's last chunk may be partial)
 
 
 @dataclass(frozen=True)
@@ -277,8 +277,8 @@ class _Prober:
 # ---------------------------------------------------------------------------------------------- driver
 
 def _searches(config: MaxCtxConfig):
-    """(sweep Cell, budget label, budget bytes) per search, validated like a sweep."""
-    from edgeports.runners.base import parse_prefill_mode
+    """(sweep Cell, budget label, budget bytes, its SweepConfig, why unsupported or None) per search,
+    validated like a sweep."""
     from edgeports.sweep import SweepConfig, plan
 
     if not config.models:
@@ -303,7 +303,6 @@ def _searches(config: MaxCtxConfig):
         for cell, reason in p.unsupported:
             out.append((cell, label, budget, sweep, reason))
         for cell in p.cells:
-            parse_prefill_mode(cell.prefill_mode)
             out.append((cell, label, budget, sweep, None))
     return out
 
@@ -318,7 +317,6 @@ def run(config: MaxCtxConfig, on_row: Callable[[MaxCtxRow], None] | None = None)
     """Run every search not stored yet (or all with force); returns the rows written."""
     from edgeports.platform import fingerprint
     from edgeports.results import ResultStore
-    from edgeports.runners.base import parse_prefill_mode
 
     searches = _searches(config)
     fp = fingerprint()
@@ -341,10 +339,9 @@ def run(config: MaxCtxConfig, on_row: Callable[[MaxCtxRow], None] | None = None)
                     if unsupported:
                         s, status, reason = Search(), "error", unsupported
                     else:
-                        granule = max(GRANULE, parse_prefill_mode(cell.prefill_mode) or 0)
                         prober.start_search()
                         s = bisect(functools.partial(prober.probe, cell), config.start,
-                                   config.max_len, granule, config.resolution, config.confirm)
+                                   config.max_len, GRANULE, config.resolution, config.confirm)
                         status = "ok" if s.stopped is None else ("timeout" if s.stopped.status == "timeout" else "error")
                         reason = None if s.stopped is None else \
                             f"{s.stopped.status} at {format_len(s.stopped.length)}: {s.stopped.reason}"

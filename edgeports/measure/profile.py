@@ -251,15 +251,23 @@ def profile_cell(runner, ids: torch.Tensor, chunk: int | None, max_len: int, dec
     return result
 
 
-def _torch_profile(runner, ids, chunk, max_len, steps) -> dict[str, Any]:
+def record_phases(runner, ids: torch.Tensor, chunk: int | None, max_len: int, steps: int
+                  ) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The flat records of one profiled prefill and of `steps` decode steps after it (module scopes on), and
+    how many modules were hooked. What profile_cell breaks down; also how fixtures are recorded."""
     cuda = runner.device.type == "cuda"
     phases = {}
     with module_scopes(runner) as hooked:
-        prefill = _torch_phase(lambda: (runner.prefill(ids, chunk, max_len=max_len), runner.sync()), cuda)
-        phases["prefill"] = _phase(breakdown(prefill, cuda), 1)
+        phases["prefill"] = _torch_phase(lambda: (runner.prefill(ids, chunk, max_len=max_len), runner.sync()), cuda)
         if steps:
-            decode = _torch_phase(lambda: (runner.decode(steps), runner.sync()), cuda)
-            phases["decode"] = _phase(breakdown(decode, cuda), steps)
+            phases["decode"] = _torch_phase(lambda: (runner.decode(steps), runner.sync()), cuda)
+    return phases, hooked
+
+
+def _torch_profile(runner, ids, chunk, max_len, steps) -> dict[str, Any]:
+    cuda = runner.device.type == "cuda"
+    records, hooked = record_phases(runner, ids, chunk, max_len, steps)
+    phases = {phase: _phase(breakdown(recs, cuda), steps if phase == "decode" else 1) for phase, recs in records.items()}
     if cuda:
         note = "GPU kernel, memcpy and memset time only (torch.profiler / CUPTI)"
     else:
