@@ -101,7 +101,8 @@ def doctor():
 
 
 @cli.command()
-@click.option("--model", "model", required=True, help="Zoo name or a local HF checkpoint directory.")
+@click.argument("model_arg", metavar="[MODEL]", required=False)
+@click.option("--model", "model", default=None, help="Zoo name or a local HF checkpoint directory (or give it as MODEL).")
 @click.option("--backend", required=True, help="Backend with an export step (see `edgeports backends`).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Artifact directory "
               "[default: artifacts/<backend>/<model>-<dtype>].")
@@ -113,12 +114,17 @@ def doctor():
               help="Local HF checkpoint directory with the weights.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Backend-specific export option, "
               "repeatable (e.g. onnx_ssm=custom, onnx_opset=18, onnx_chunked=false, trt_ssm=onnx-ops).")
-def export(model, backend, out, dtype, max_len, device, seed, weights, opts):
-    """Export one model with one backend into an artifact directory."""
+def export(model_arg, model, backend, out, dtype, max_len, device, seed, weights, opts):
+    """Export one model with one backend into an artifact directory: `edgeports export --backend trt mamba-2.8b`."""
     from edgeports.backends import get_backend
     from edgeports.exporters.base import ExportOptions, canonical_dtype
     from edgeports.models import get_spec
 
+    if model_arg and model and model_arg != model:
+        raise EdgeportsError(f"two models given ({model_arg!r} and --model {model!r}): export takes one")
+    model = model_arg or model
+    if not model:
+        raise EdgeportsError("name the model to export, e.g. `edgeports export --backend onnx tiny-llama`")
     spec = get_spec(model)
     b = get_backend(backend)
     ok, reason = b.available()
