@@ -1,4 +1,4 @@
-"""TensorRT export: the ONNX exporter's prefill/decode graphs -> serialized TensorRT 10 engines.
+"""TensorRT export: the ONNX exporter's graphs -> serialized TensorRT 10 engines.
 
     options.extra: trt_ssm = "plugin" (default) | "onnx-ops"   SSM ops as our IPluginV3 plugins (the ONNX
                                                                exporter's `custom` lowering, ai.edgeports nodes)
@@ -9,11 +9,14 @@
                    trt_opt_lens = "256,4096"                    upper ends of the prefill profiles' length buckets
                    trt_workspace_gib = 4                        builder workspace limit
 
-Prefill gets one optimisation profile per length bucket ([1, 256], [257, 4096], [4097, max_len] by default,
-each tuned at its upper end); decode gets one static profile (batch, 1 token, states of (batch, max_len)).
-The artifact holds prefill.engine, decode.engine and, with plugins, the plugin library they were built
-against; the manifest records the TensorRT version, GPU and compute capability, since an engine is only
-valid there. The builder's timing cache is kept per GPU + TensorRT version under the edgeports cache.
+One engine per ONNX graph: prefill.engine (first chunk from a fresh state), prefill_next.engine (later
+chunks; only when the ONNX export wrote prefill_next.onnx, i.e. not with onnx_chunked=false) and
+decode.engine. Each prefill engine gets one optimisation profile per length bucket ([1, 256], [257, 4096],
+[4097, max_len] by default, each tuned at its upper end); decode gets one static profile (batch, 1 token,
+states of (batch, max_len)). The manifest's `graphs` lists the engines built; the artifact also holds,
+with plugins, the plugin library they were built against; the manifest records the TensorRT version, GPU
+and compute capability, since an engine is only valid there. The builder's timing cache is kept per
+GPU + TensorRT version under the edgeports cache.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ PLUGIN_VERSION = "1"
 # The contract's optional inputs of each ai.edgeports node, after its required ones (notes: KERNELS.md).
 REQUIRED_INPUTS = {"SelectiveScan": 5, "SsdChunkScan": 5, "SelectiveStateUpdate": 6, "CausalConv1d": 2,
                    "CausalConv1dUpdate": 3}
-GRAPHS = ("prefill", "decode")
+GRAPHS = ("prefill", "prefill_next", "decode")  # the ONNX exporter's; prefill_next is optional
+PREFILL_GRAPHS = ("prefill", "prefill_next")  # L dynamic: one profile per length bucket
 DEFAULT_OPT_LENS = (256, 4096)
 
 
@@ -199,7 +203,7 @@ def _profile_shapes(sig: dict, graph: str, batch: int, state_shapes: list[tuple[
     if len(inputs) != len(state_shapes) + 1:
         raise EdgeportsError(f"{graph}.onnx has {len(inputs)} inputs; expected the token ids and "
                              f"{len(state_shapes)} state tensors of the manifest layout")
-    lens = bucket if graph == "prefill" else (1, 1, 1)
+    lens = bucket if graph in PREFILL_GRAPHS else (1, 1, 1)
     shapes = {inputs[0]["name"]: tuple((batch, n) for n in lens)}
     for inp, s in zip(inputs[1:], state_shapes, strict=True):
         if len(inp["dims"]) != len(s) or any(isinstance(d, int) and d > 0 and d != n for d, n in zip(inp["dims"], s, strict=True)):
@@ -231,7 +235,7 @@ def build_engine(onnx_path: Path, sig: dict, graph: str, options: ExportOptions,
         config.set_flag(trt.BuilderFlag.FP16 if options.dtype == "float16" else trt.BuilderFlag.BF16)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    buckets = length_buckets(options.max_len, opt_lens(options)) if graph == "prefill" else [(1, 1, 1)]
+    buckets = length_buckets(options.max_len, opt_lens(options)) if graph in PREFILL_GRAPHS else [(1, 1, 1)]
     for bucket in buckets:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in _profile_shapes(sig, graph, options.batch, state_shapes, bucket).items():
@@ -254,7 +258,8 @@ def _onnx_exporter():
 
 
 def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
-    """ONNX (via exporters/onnx.py) -> prefill.engine + decode.engine (+ the plugin library) + manifest."""
+    """ONNX (via exporters/onnx.py) -> prefill.engine (+ prefill_next.engine) + decode.engine (+ the plugin
+    library) + manifest."""
     import onnx
 
     t0 = time.perf_counter()
@@ -277,7 +282,9 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         onnx_art = _onnx_exporter().export(source, tmp / "onnx", onnx_opts)
         state_shapes = [tuple(s["shape"]) for s in onnx_art.state_layout]
         signatures, nodes = {}, {}
-        for graph in GRAPHS:
+        # prefill_next.onnx is absent with onnx_chunked=false: the runner then refuses chunked prefill
+        built = [g for g in GRAPHS if g in onnx_art.shape_ranges["graphs"]]
+        for graph in built:
             model = onnx.load(str(onnx_art.file(f"{graph}.onnx")))
             nodes[graph] = prepare_for_parser(model)
             if mode == "plugin" and nodes[graph] == 0 and spec.family != "transformer":
@@ -298,7 +305,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
             tmp, Path(out_dir), backend=NAME, spec=spec, options=options, state_layout=onnx_art.state_layout,
             shape_ranges={"batch": [options.batch, options.batch], "max_len": options.max_len,
                           "prefill_profiles": length_buckets(options.max_len, opt_lens(options)),
-                          "io": signatures, "trt_ssm": mode, "plugin_nodes": nodes,
+                          "graphs": built, "io": signatures, "trt_ssm": mode, "plugin_nodes": nodes,
                           "typing": options.get("trt_typing", "strong")},
             versions={**library_versions("tensorrt", "onnx"), **facts}, export_s=time.perf_counter() - t0)
     return art

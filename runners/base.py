@@ -72,6 +72,26 @@ def parse_prefill_mode(mode: str) -> int | None:
     raise EdgeportsError(f"bad prefill mode {mode!r} (use full or chunk:<n>, e.g. chunk:2048)")
 
 
+def prefill_graph(first: bool) -> str:
+    """The exported prefill graph a chunk runs (exporters/onnx.py): "prefill" (traced with first=True)
+    for a full prompt or the first chunk from a fresh state, "prefill_next" (first=False, continues the
+    state) for every later chunk. Graph-based runners (onnx, trt) share this choice."""
+    return "prefill" if first else "prefill_next"
+
+
+def capped_max_len(length: int, max_len: int | None, capacity: int) -> int:
+    """The state length of a prefill of `length` tokens when the state is fixed at export (`capacity`
+    tokens): the caller's max_len, else length + DEFAULT_HEADROOM capped at capacity (never below length)."""
+    return max_len or max(length, min(length + DEFAULT_HEADROOM, capacity))
+
+
+def check_chunked_prefill(length: int, chunk: int | None, graphs, why_missing: str) -> None:
+    """Unsupported when a prefill of `length` tokens in chunks of `chunk` has a chunk after the first but
+    `graphs` (the names a runner loaded) lacks prefill_next; `why_missing` says which file is absent."""
+    if chunk is not None and chunk < length and prefill_graph(first=False) not in graphs:
+        raise Unsupported(f"{why_missing}: chunked prefill needs it")
+
+
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """logits[B,V] -> next ids[B,1] (argmax; stays on the device, so no host sync)."""
     return logits.argmax(dim=-1, keepdim=True)

@@ -37,7 +37,15 @@ import torch
 from edgeports.errors import EdgeportsError
 from edgeports.exporters.base import Artifact
 from edgeports.models import torch_dtype
-from edgeports.runners.base import DEFAULT_HEADROOM, DTYPES, Capabilities, StepRunner, Unsupported
+from edgeports.runners.base import (
+    DTYPES,
+    Capabilities,
+    StepRunner,
+    Unsupported,
+    capped_max_len,
+    check_chunked_prefill,
+    prefill_graph,
+)
 
 NAME = "onnx"
 CAPS = Capabilities(devices=("cpu", "cuda"), dtypes=DTYPES, prefill_modes=("full", "chunk"))
@@ -190,13 +198,12 @@ class OrtRunner(StepRunner):
     def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
         """As StepRunner.prefill; the state always has the artifact's static max_len."""
         length = ids.shape[1]
-        max_len = max_len or max(length, min(length + DEFAULT_HEADROOM, self.max_len))
+        max_len = capped_max_len(length, max_len, self.max_len)
         if max_len > self.max_len:
             raise EdgeportsError(f"{length} prompt tokens + decode need max_len {max_len}, but the ONNX graphs were "
                                  f"exported for max_len {self.max_len}; export again with a larger --max-len")
-        if chunk is not None and chunk < length and "prefill_next" not in self._graphs:
-            raise Unsupported("this onnx artifact has no prefill_next.onnx (exported with onnx_chunked=false): "
-                              "chunked prefill needs it")
+        check_chunked_prefill(length, chunk, self._graphs,
+                              "this onnx artifact has no prefill_next.onnx (exported with onnx_chunked=false)")
         return super().prefill(ids, chunk, max_len)
 
     def new_state(self, batch: int, max_len: int) -> _State:
@@ -216,7 +223,7 @@ class OrtRunner(StepRunner):
         return shape
 
     def prefill_step(self, ids: torch.Tensor, state: _State, first: bool) -> tuple[torch.Tensor, _State]:
-        return self._run("prefill" if first else "prefill_next", ids, state)
+        return self._run(prefill_graph(first), ids, state)
 
     def decode_step(self, ids: torch.Tensor, state: _State) -> tuple[torch.Tensor, _State]:
         return self._run("decode", ids, state)

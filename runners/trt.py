@@ -1,11 +1,14 @@
-"""TensorRT runner: the prefill and decode engines of a `trt` artifact, state kept on the device.
+"""TensorRT runner: the prefill, prefill_next and decode engines of a `trt` artifact, state kept on the device.
 
 I/O are torch CUDA tensors bound with `set_tensor_address` (no host copies). The engines' graphs are the
 ONNX exporter's: inputs [ids, *state], outputs [logits, *new_state] in the manifest's state-layout order.
 Since an engine's output may not alias its input, the state lives in two buffer sets used in turn
 (ping-pong), allocated once per runner so that decode can be captured in CUDA graphs (one per set) after
 a first plain enqueue, as TensorRT requires; where capture fails, decode stays on plain enqueues and
-`info["cuda_graph"]` says why. Prefill picks the optimisation profile whose length bucket holds the chunk.
+`info["cuda_graph"]` says why. A full prompt or a first chunk runs prefill.engine, later chunks
+prefill_next.engine (as the ONNX Runtime runner picks its graphs); an artifact without prefill_next.engine
+(onnx_chunked=false) refuses chunked prefill. Prefill picks the optimisation profile whose length bucket
+holds the chunk.
 `layer_profile()` runs prefill/decode under an IProfiler and maps layer times onto the op categories.
 """
 
@@ -19,7 +22,15 @@ import torch
 from edgeports.errors import EdgeportsError
 from edgeports.exporters.base import Artifact
 from edgeports.models import arch_module, torch_dtype
-from edgeports.runners.base import DTYPES, Capabilities, StepRunner, Unsupported
+from edgeports.runners.base import (
+    DTYPES,
+    Capabilities,
+    StepRunner,
+    Unsupported,
+    capped_max_len,
+    check_chunked_prefill,
+    prefill_graph,
+)
 
 NAME = "trt"
 CAPS = Capabilities(devices=("cuda",), dtypes=DTYPES, prefill_modes=("full", "chunk"))
@@ -109,14 +120,17 @@ class TrtRunner(StepRunner):
             if plugin_build.PLUGINS_LIB in artifact.files:
                 load_plugins(artifact.file(plugin_build.PLUGINS_LIB))
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            io = artifact.shape_ranges["io"]
-            self._pre = _Engine(trt, self._runtime, artifact.file("prefill.engine"), io["prefill"])
-            self._dec = _Engine(trt, self._runtime, artifact.file("decode.engine"), io["decode"])
+            # one engine per graph the exporter built (io has a signature for each); prefill_next is optional
+            self._engines = {g: _Engine(trt, self._runtime, artifact.file(f"{g}.engine"), sig)
+                             for g, sig in artifact.shape_ranges["io"].items()}
+            if not {"prefill", "decode"} <= set(self._engines):
+                raise EdgeportsError(f"artifact {artifact.path} lacks a prefill or decode engine: export it again")
+            self._dec = self._engines["decode"]
             self._stream = torch.cuda.Stream(self.device)
         self._trt = trt
         # (name, kind, shape, dtype) per state slot, in the graphs' order
         self._layout = [(s["name"], s["kind"], tuple(s["shape"]), getattr(torch, s["dtype"])) for s in artifact.state_layout]
-        for eng in (self._pre, self._dec):
+        for eng in self._engines.values():
             if len(eng.inputs) != len(self._layout) + 1 or len(eng.outputs) != len(self._layout) + 1:
                 raise EdgeportsError(f"artifact {artifact.path}: engine I/O do not match [ids, *state] -> "
                                      f"[logits, *state] for {len(self._layout)} state slots")
@@ -132,7 +146,8 @@ class TrtRunner(StepRunner):
             meta = arch_module(artifact.spec.arch).build(artifact.spec).to(dtype=self.dtype)
         self.weight_bytes = meta.weight_bytes()
         self.info = {"tensorrt": trt.__version__, "trt_ssm": artifact.shape_ranges.get("trt_ssm"),
-                     "engine_bytes": {k: artifact.file(f"{k}.engine").stat().st_size for k in ("prefill", "decode")},
+                     "engines": list(self._engines),
+                     "engine_bytes": {k: artifact.file(f"{k}.engine").stat().st_size for k in self._engines},
                      "state_buffers": 2, "cuda_graph": None}
 
     # ---- state ------------------------------------------------------------------------------------
@@ -176,12 +191,23 @@ class TrtRunner(StepRunner):
             raise EdgeportsError("TensorRT enqueue failed (see the TensorRT log)")
 
     # ---- steps ------------------------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
+        """As StepRunner.prefill; the default max_len leaves decode headroom only up to what the engines
+        hold, and chunks after the first need prefill_next.engine."""
+        length = ids.shape[1]
+        check_chunked_prefill(length, chunk, self._engines, "this trt artifact has no prefill_next.engine "
+                              "(its ONNX graphs were exported with onnx_chunked=false)")
+        return super().prefill(ids, chunk, capped_max_len(length, max_len, self._art_max_len))
+
     def prefill_step(self, ids: torch.Tensor, state, first: bool):
         length = ids.shape[1]
         profile = next((i for i, (lo, _, hi) in enumerate(self._buckets) if lo <= length <= hi), None)
         if profile is None:
             raise Unsupported(f"prefill chunk of {length} tokens is outside the engine's profiles {self._buckets}")
-        eng = self._pre
+        return self._run_prefill(self._engines[prefill_graph(first)], profile, ids)
+
+    def _run_prefill(self, eng: _Engine, profile: int, ids: torch.Tensor):
+        """One prefill enqueue of `eng` under optimisation profile `profile` -> (logits[B,V] fp32, new state)."""
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
             if eng.profile != profile:
@@ -245,9 +271,11 @@ class TrtRunner(StepRunner):
         saved_graphs, saved_ok = self._graphs, self._graph_ok
         self._graphs, self._graph_ok = {}, False
         try:
-            for phase, eng in (("prefill", self._pre), ("decode", self._dec)):
-                prof = _Profiler()
-                eng.context.profiler = prof
+            prefill_engines = [e for g, e in self._engines.items() if g != "decode"]
+            for phase, engines in (("prefill", prefill_engines), ("decode", [self._dec])):
+                prof = _Profiler()  # one per phase: prefill_next's layers count as prefill
+                for eng in engines:
+                    eng.context.profiler = prof
                 try:
                     if phase == "prefill":
                         self.prefill(ids, chunk=chunk)
@@ -255,7 +283,8 @@ class TrtRunner(StepRunner):
                         self.decode(decode_steps)
                     self.sync()
                 finally:
-                    eng.context.profiler = None
+                    for eng in engines:
+                        eng.context.profiler = None
                 cats: dict[str, float] = defaultdict(float)
                 for name, ms in prof.rows:
                     cats[categorize_layer(name)] += ms
@@ -271,7 +300,7 @@ class TrtRunner(StepRunner):
         self._graphs.clear()
         self._logits.clear()
         self._bufs = None
-        for eng in (self._pre, self._dec):
+        for eng in self._engines.values():
             eng.context = None
             eng.engine = None
 

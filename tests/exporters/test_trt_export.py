@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import types
+from pathlib import Path
 
 import pytest
 
@@ -100,12 +103,112 @@ def test_profile_shapes_fix_states_and_vary_ids():
     shapes = trt_exporter._profile_shapes(sig, "prefill", 1, states, (1, 256, 256))
     assert shapes["ids"] == ((1, 1), (1, 256), (1, 256)) and shapes["state_0"] == ((1, 8, 4),) * 3
     assert shapes["state_1"] == ((1,),) * 3
+    assert trt_exporter._profile_shapes(sig, "prefill_next", 1, states, (1, 256, 256)) == shapes
     assert trt_exporter._profile_shapes(sig, "decode", 1, states, (1, 256, 256))["ids"] == ((1, 1),) * 3
     with pytest.raises(EdgeportsError, match="state_0"):
         trt_exporter._profile_shapes(sig, "prefill", 1, [(1, 9, 4), (1,)], (1, 256, 256))
     sig["inputs"].append({"name": "mystery", "dims": ["N"]})
     with pytest.raises(EdgeportsError, match="expected the token ids"):
         trt_exporter._profile_shapes(sig, "prefill", 1, states, (1, 256, 256))
+
+
+class _FakeTrt:
+    """The slice of the tensorrt module that export() and build_engine() touch; a "serialized engine" is the
+    JSON of the ONNX file parsed and the profiles set, so a test can read back what each engine got."""
+
+    __version__ = "10.0.0"
+    NetworkDefinitionCreationFlag = MemoryPoolType = ProfilingVerbosity = BuilderFlag = types.SimpleNamespace(
+        STRONGLY_TYPED=0, WORKSPACE=0, DETAILED=0, FP16=0, BF16=1)
+
+    class Logger:
+        WARNING = 0
+
+        def __init__(self, level):
+            pass
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse_from_file(self, path):
+            self.network["onnx"] = Path(path).name
+            return True
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return {}
+
+        def create_optimization_profile(self):
+            profile = {}
+            return types.SimpleNamespace(shapes=profile, set_shape=lambda n, lo, opt, hi: profile.update({n: [lo, opt, hi]}))
+
+        def create_builder_config(self):
+            profiles = []
+            cache = types.SimpleNamespace(serialize=lambda: b"")
+            return types.SimpleNamespace(
+                profiles=profiles, set_memory_pool_limit=lambda *a: None, set_flag=lambda f: None,
+                create_timing_cache=lambda b: cache, set_timing_cache=lambda c, ignore_mismatch: None,
+                get_timing_cache=lambda: cache, add_optimization_profile=lambda p: profiles.append(p.shapes))
+
+        def build_serialized_network(self, network, config):
+            return json.dumps({"onnx": network["onnx"], "profiles": config.profiles}).encode()
+
+
+def _fake_onnx_export(source, out_dir, options):
+    """The ONNX exporter's artifact shape for a one-slot state, with the graphs options ask for."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeports.exporters import onnx as onnx_exporter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True)
+    names = onnx_exporter.graphs(options)
+    for name in names:
+        ids_len = 1 if name == "decode" else "L"
+        graph = helper.make_graph(
+            [helper.make_node("Cast", ["ids"], ["logits"], to=TensorProto.FLOAT),
+             helper.make_node("Identity", ["past.pos"], ["present.pos"])], name,
+            [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, ids_len]),
+             helper.make_tensor_value_info("past.pos", TensorProto.INT64, [1])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, ids_len]),
+             helper.make_tensor_value_info("present.pos", TensorProto.INT64, [1])])
+        onnx.save_model(helper.make_model(graph), str(out_dir / f"{name}.onnx"))
+    return types.SimpleNamespace(state_layout=({"name": "pos", "kind": "pos", "shape": [1], "dtype": "int64"},),
+                                 shape_ranges={"graphs": {n: {"file": f"{n}.onnx"} for n in names}},
+                                 file=lambda n: out_dir / n)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_export_builds_prefill_next_engine_when_the_onnx_artifact_has_it(tmp_path, monkeypatch, chunked):
+    pytest.importorskip("onnx")
+    from edgeports.exporters import plugin_build
+    from edgeports.models import get_spec
+
+    monkeypatch.setattr(trt_exporter, "import_tensorrt", lambda: _FakeTrt)
+    monkeypatch.setattr(trt_exporter, "device_facts", lambda: {"tensorrt": "10.0.0", "gpu": "Fake GPU",
+                                                               "compute_capability": "9.0", "cuda": "12.8"})
+    monkeypatch.setattr(trt_exporter, "_onnx_exporter", lambda: types.SimpleNamespace(export=_fake_onnx_export))
+    monkeypatch.setattr(plugin_build, "cache_dir", lambda: tmp_path / "cache" / "plugins")
+    opts = ExportOptions(dtype="float32", max_len=512,
+                         extra=(("trt_ssm", "onnx-ops"), ("onnx_chunked", chunked), ("trt_opt_lens", "64")))
+    art = trt_exporter.export(get_spec("tiny-llama"), tmp_path / "a", opts)
+    graphs = ["prefill", "prefill_next", "decode"] if chunked else ["prefill", "decode"]
+    assert art.shape_ranges["graphs"] == graphs and list(art.shape_ranges["io"]) == graphs
+    assert {f for f in art.files if f.endswith(".engine")} == {f"{g}.engine" for g in graphs}
+    for graph in graphs:
+        engine = json.loads(art.file(f"{graph}.engine").read_bytes())
+        assert engine["onnx"] == f"{graph}.trt.onnx"  # each engine parsed its own graph
+        ids = [p["ids"] for p in engine["profiles"]]
+        assert all(p["past.pos"] == [[1]] * 3 for p in engine["profiles"])
+        if graph == "decode":
+            assert ids == [[[1, 1]] * 3]
+        else:  # its own profiles, covering L in [1, max_len] in the length buckets
+            assert ids == [[[1, 1], [1, 64], [1, 64]], [[1, 65], [1, 512], [1, 512]]]
+    assert [tuple(b) for b in art.shape_ranges["prefill_profiles"]] == [(1, 64, 64), (65, 512, 512)]
 
 
 # ---- with TensorRT ---------------------------------------------------------------------------------
@@ -124,7 +227,7 @@ def test_export_builds_engines_and_matches_eager(tmp_path, model, mode):
     spec = get_spec(model)
     opts = ExportOptions(dtype="float32", max_len=512, extra=(("trt_ssm", mode),))
     art = get_backend("trt").export(spec, tmp_path / "a", opts)
-    assert {"prefill.engine", "decode.engine"} <= set(art.files)
+    assert {"prefill.engine", "prefill_next.engine", "decode.engine"} <= set(art.files)
     assert ("libedgeports_trt_plugins.so" in art.files) == (mode == "plugin")
     assert art.versions["compute_capability"] and art.versions["tensorrt"]
     assert art.shape_ranges["trt_ssm"] == mode and (mode == "onnx-ops" or all(art.shape_ranges["plugin_nodes"].values()))
