@@ -36,3 +36,10 @@ def test_wheel_layout_and_import(tmp_path):
                           f"[p for p in {sys.path!r} if 'site-packages' in p]; " + code],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_test_file_basenames_are_unique():
+    # tests/ has no __init__.py files: pytest's default import mode needs unique module basenames
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"test files sharing a basename: {dupes}"
