@@ -195,7 +195,9 @@ class TestInterpreter:
                                                            (1, 1, 2, 16, 16, 1, False, math.inf),
                                                            (1, 50, 2, 20, 12, 1, True, 0.5)])
     def test_ssd_chunk_scan(self, interp, bt, L, H, P, N, G, full, dt_max):
-        check_ssd(interp, ssd_case(bt, L, H, P, N, G, torch.float32, "cpu", full=full, dt_max=dt_max), 1e-5)
+        # the chunked SSD sums state contributions in another order than ref's sequential loop: fp32 states of
+        # fresh random inputs land at 1e-6..2e-5 relative, so 1e-5 was flaky; 1e-4 still catches any real error
+        check_ssd(interp, ssd_case(bt, L, H, P, N, G, torch.float32, "cpu", full=full, dt_max=dt_max), 1e-4)
 
     def test_ssd_chunked_prefill(self, interp):
         check_chunked(interp, "ssd_chunk_scan", ssd_case(1, 40, 2, 8, 16, 1, torch.float32, "cpu"), 21, SSD_SEQ)
