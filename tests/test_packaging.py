@@ -30,8 +30,8 @@ def test_wheel_layout_and_import(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
     code = ("import edgeports, edgeports.exporters, edgeports.runners, edgeports.models as m; "
-            "assert edgeports.__file__.startswith(%r), edgeports.__file__; "
-            "assert m.zoo_names(); print('ok')") % str(site)
+            f"assert edgeports.__file__.startswith({str(site)!r}), edgeports.__file__; "
+            "assert m.zoo_names(); print('ok')")
     out = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0]=[{str(site)!r}] + "
                           f"[p for p in {sys.path!r} if 'site-packages' in p]; " + code],
                          cwd=tmp_path, capture_output=True, text=True)
