@@ -83,7 +83,16 @@ def register_schemas() -> None:
         defs.register_schema(S(spec.op_type, DOMAIN, VERSION, f"edgeports::{spec.torch_op} (notes/KERNELS.md)",
                                inputs=inputs, outputs=outputs,
                                type_constraints=[(t, _FLOATS, "") for t in tvars],
-                               attributes=[S.Attribute(name, kinds[kind], "") for name, kind in spec.attrs]))
+                               attributes=[S.Attribute(name, kinds[kind], "") for name, kind in spec.attrs]
+                               + _PARSER_ATTRIBUTES(S)))
+
+
+def _PARSER_ATTRIBUTES(S) -> list:
+    # exporters/trt.py's prepare_for_parser adds these for TensorRT's ONNX parser (which plugin creator,
+    # which optional inputs are present); optional, so the same schemas also check parser-ready graphs
+    return [S.Attribute("present", S.AttrType.INT, "bit i set: optional input i is given", required=False),
+            S.Attribute("plugin_namespace", S.AttrType.STRING, "TensorRT plugin namespace", required=False),
+            S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version", required=False)]
 
 
 def _param(name: str, activation: str, optional: bool):
