@@ -91,6 +91,7 @@ def _fault(where: int | str) -> None:
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "hang":
+            print(f"EDGEPORTS_FAULT: hanging at {where}", file=sys.stderr, flush=True)
             time.sleep(3600)
         elif action == "raise":
             raise RuntimeError(f"injected fault at {where}")
@@ -242,8 +243,23 @@ def _release(device: str) -> None:
     release_cached(torch.device(device))
 
 
+def die_with_parent() -> None:
+    """SIGKILL this process when the sweep that started it dies (Linux): a worker runs in its own
+    session, so nothing else would stop one stuck in a long cell after its parent was killed."""
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the parent's timeouts and stdin EOF still end us
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main() -> int:
     """Worker entry point: `python -m edgeports.worker` (the parent speaks the protocol above)."""
+    die_with_parent()
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us

@@ -111,17 +111,22 @@ def test_interrupt_then_resume_keeps_rows_without_duplicates(tmp_path):
     env = {**os.environ, "EDGEPORTS_FAULT": "hang:1024", "EDGEPORTS_TEST_MARK": mark}
     proc = subprocess.Popen([sys.executable, "-m", "edgeports.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # the worker hangs at 1k once 256 and 512 are stored
-        try:
-            if db.exists() and len(db_rows(db)) == 2:
-                break
-        except sqlite3.OperationalError:
-            pass  # the sweep is still creating the table
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # the worker hangs at 1k once 256 and 512 are stored
+            try:
+                if db.exists() and len(db_rows(db)) == 2:
+                    break
+            except sqlite3.OperationalError:
+                pass  # the sweep is still creating the table
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted: 2 rows written" in err
     before = db_rows(db)
@@ -157,6 +162,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
     assert e.value.code == 2
     assert err.count("\n") == 1 and err.startswith("edgeports: error: ") and words in err
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_worker_dies_with_its_sweep(tmp_path):
+    """A sweep killed outright (no chance to clean up) takes its hung worker with it."""
+    mark = f"edgeports-test-{uuid.uuid4().hex}"
+    env = {**os.environ, "EDGEPORTS_FAULT": "hang:256", "EDGEPORTS_TEST_MARK": mark}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeports.cli", "run", "--backend", "eager", "--models",
+                             "tiny-llama", "--lens", "256", "--db", str(tmp_path / "e.db"), *FAST], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = tmp_path / "logs" / "tiny-llama__eager.log"
+        deadline = time.time() + 120
+        while time.time() < deadline and "hanging at 256" not in (log.read_text() if log.exists() else ""):
+            time.sleep(0.2)
+        assert len(_orphans(mark)) == 2  # the sweep and its worker, stuck in the cell
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 10
+    while _orphans(mark) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _orphans(mark) == []
 
 
 def test_unwritable_db_is_one_line_exit_2(tmp_path):
