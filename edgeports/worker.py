@@ -245,7 +245,8 @@ def _release(device: str) -> None:
 
 def die_with_parent() -> None:
     """SIGKILL this process when the sweep that started it dies (Linux): a worker runs in its own
-    session, so nothing else would stop one stuck in a long cell after its parent was killed."""
+    session, so nothing else would stop one stuck in a long cell after its parent was killed.
+    Linux signals the death of the parent *thread*: start workers from a thread that outlives them."""
     import ctypes
 
     parent = os.getppid()
