@@ -37,6 +37,8 @@ from edgeports.models import LM, ModelSpec, StateSlot, build, from_pretrained, g
 MANIFEST = "manifest.json"
 FORMAT = 1
 CANONICAL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def canonical_dtype(name: str | torch.dtype) -> str:
@@ -61,8 +63,36 @@ class ExportOptions:
         object.__setattr__(self, "extra", tuple(sorted(dict(self.extra).items())))
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A backend-specific knob from `extra`."""
+        """A backend-specific knob from `extra`, unchecked."""
         return dict(self.extra).get(key, default)
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        """extra[key] (default when absent), which must be one of `allowed`."""
+        value = self.get(key, default)
+        if value not in allowed:
+            raise EdgeportsError(f"option {key} must be one of {', '.join(allowed)}, got {value!r} "
+                                 f"(--opt {key}=VALUE)")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        """extra[key] as a bool: a bool or 0/1, or (as `--opt` gives it) a string such as true/false/yes/no/1/0."""
+        value = self.get(key, default)
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise EdgeportsError(f"option {key} must be true or false, got {value!r} (--opt {key}=VALUE)")
+
+    def integer(self, key: str, default: int) -> int:
+        """extra[key] as an int (an int, or a string of one, as `--opt` gives it)."""
+        value = self.get(key, default)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise EdgeportsError(f"option {key} must be an integer, got {value!r} (--opt {key}=VALUE)") from None
 
     def to_json(self) -> dict[str, Any]:
         """Manifest form."""

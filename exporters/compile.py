@@ -82,15 +82,12 @@ def available() -> tuple[bool, str]:
 
 def mode_of(options: ExportOptions) -> str:
     """The export mode (extra "mode"), checked."""
-    mode = options.get("mode", "aot")
-    if mode not in MODES:
-        raise EdgeportsError(f"unknown compile mode {mode!r} (use one of {', '.join(MODES)})")
-    return mode
+    return options.choice("mode", "aot", MODES)
 
 
 def kinds_of(options: ExportOptions) -> tuple[str, ...]:
     """The programs an export holds: all three, or no continuing prefill when extra chunked=False."""
-    return KINDS if options.get("chunked", True) else ("prefill", "decode")
+    return KINDS if options.flag("chunked", True) else ("prefill", "decode")
 
 
 class InPlaceStep(nn.Module):

@@ -82,18 +82,12 @@ def available() -> tuple[bool, str]:
 
 def ssm_lowering(options: ExportOptions) -> str:
     """options.extra["onnx_ssm"], checked."""
-    mode = options.get("onnx_ssm", "standard")
-    if mode not in SSM_LOWERINGS:
-        raise EdgeportsError(f"onnx_ssm must be one of {', '.join(SSM_LOWERINGS)}, got {mode!r}")
-    return mode
+    return options.choice("onnx_ssm", "standard", SSM_LOWERINGS)
 
 
 def opset(options: ExportOptions) -> int:
     """options.extra["onnx_opset"], checked."""
-    try:
-        value = int(options.get("onnx_opset", DEFAULT_OPSET))
-    except (TypeError, ValueError):
-        raise EdgeportsError(f"onnx_opset must be an integer, got {options.get('onnx_opset')!r}") from None
+    value = options.integer("onnx_opset", DEFAULT_OPSET)
     if value < MIN_OPSET:
         raise EdgeportsError(f"onnx_opset {value} is too old: the exporter needs >= {MIN_OPSET}")
     return value
@@ -101,8 +95,7 @@ def opset(options: ExportOptions) -> int:
 
 def graphs(options: ExportOptions) -> tuple[str, ...]:
     """The graphs an export writes: prefill_next only when chunked prefill is wanted (the default)."""
-    chunked = str(options.get("onnx_chunked", True)).lower() not in ("0", "false", "no")
-    return GRAPHS if chunked else ("prefill", "decode")
+    return GRAPHS if options.flag("onnx_chunked", True) else ("prefill", "decode")
 
 
 class Step(torch.nn.Module):
@@ -127,10 +120,7 @@ def io_names(layout) -> tuple[list[str], list[str]]:
 
 def cache_mode(options: ExportOptions) -> str:
     """options.extra["onnx_cache"], checked."""
-    mode = options.get("onnx_cache", "static")
-    if mode not in CACHE_MODES:
-        raise EdgeportsError(f"onnx_cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
-    return mode
+    return options.choice("onnx_cache", "static", CACHE_MODES)
 
 
 def cache_axes(lm: LM, batch: int, max_len: int) -> dict[str, tuple[int, int]]:

@@ -42,6 +42,7 @@ from edgeports.models import LM, ModelSpec
 NAME = "trt"
 HOW = "use the x86-rtx or jetson-l4t container (make image-x86 / make image-jetson), which ship TensorRT 10"
 SSM_MODES = ("plugin", "onnx-ops")
+TYPINGS = ("strong", "weak")
 DOMAIN = "ai.edgeports"
 PLUGIN_NAMESPACE = "edgeports"
 PLUGIN_VERSION = "1"
@@ -176,6 +177,11 @@ def io_signature(model) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": rows(v for v in model.graph.input if v.name not in inits), "outputs": rows(model.graph.output)}
 
 
+def typing_of(options: ExportOptions) -> str:
+    """options.extra["trt_typing"], checked: "strong" (the ONNX graph's dtypes) or "weak" (TensorRT picks)."""
+    return options.choice("trt_typing", "strong", TYPINGS)
+
+
 def opt_lens(options: ExportOptions) -> tuple[int, ...]:
     """The prefill bucket bounds of options.extra["trt_opt_lens"] ("256,4096")."""
     raw = options.get("trt_opt_lens", ",".join(map(str, DEFAULT_OPT_LENS)))
@@ -219,9 +225,7 @@ def build_engine(onnx_path: Path, sig: dict, graph: str, options: ExportOptions,
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    typing = options.get("trt_typing", "strong")
-    if typing not in ("strong", "weak"):
-        raise EdgeportsError(f"trt_typing must be strong or weak, got {typing!r}")
+    typing = typing_of(options)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typing == "strong" else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -264,9 +268,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
 
     t0 = time.perf_counter()
     import_tensorrt()
-    mode = options.get("trt_ssm", "plugin")
-    if mode not in SSM_MODES:
-        raise EdgeportsError(f"trt_ssm must be one of {', '.join(SSM_MODES)}, got {mode!r}")
+    mode = options.choice("trt_ssm", "plugin", SSM_MODES)
     spec = resolve_spec(source)
     facts = device_facts()
     plugin_path = plugin_library() if mode == "plugin" else None
@@ -306,6 +308,6 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
             shape_ranges={"batch": [options.batch, options.batch], "max_len": options.max_len,
                           "prefill_profiles": length_buckets(options.max_len, opt_lens(options)),
                           "graphs": built, "io": signatures, "trt_ssm": mode, "plugin_nodes": nodes,
-                          "typing": options.get("trt_typing", "strong")},
+                          "typing": typing_of(options)},
             versions={**library_versions("tensorrt", "onnx"), **facts}, export_s=time.perf_counter() - t0)
     return art

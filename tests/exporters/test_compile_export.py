@@ -255,7 +255,7 @@ def test_failing_op_from_torch_messages():
 
 def test_options_are_checked(tmp_path):
     spec = get_spec("tiny-llama")
-    with pytest.raises(EdgeportsError, match="unknown compile mode"):
+    with pytest.raises(EdgeportsError, match="option mode must be one of aot, jit"):
         cexport.export(spec, tmp_path / "a", ExportOptions(extra=(("mode", "fast"),)))
     with pytest.raises(EdgeportsError, match="max-len"):
         cexport.export(spec, tmp_path / "b", ExportOptions(max_len=4))

@@ -94,3 +94,23 @@ def test_unwritable_out_dir_is_a_user_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(EdgeportsError, match="cannot write an artifact"):
         eager.export(SPEC, blocker / "a", ExportOptions())
+
+
+@pytest.mark.parametrize("value,want", [(None, True), (False, False), (True, True), (0, False), (1, True),
+                                        ("false", False), ("No", False), ("0", False), ("off", False),
+                                        ("true", True), ("yes", True), ("1", True)])
+def test_option_flag_reads_bools_and_cli_strings(value, want):
+    extra = () if value is None else (("chunked", value),)
+    assert ExportOptions(extra=extra).flag("chunked", True) is want
+
+
+def test_option_checks_are_one_line_errors_naming_the_key():
+    opts = ExportOptions(extra=(("mode", "fast"), ("chunked", "maybe"), ("opset", "x"), ("n", "17")))
+    assert ExportOptions().choice("mode", "aot", ("aot", "jit")) == "aot"
+    assert opts.integer("n", 3) == 17 and opts.integer("absent", 3) == 3
+    for call, words in [(lambda: opts.choice("mode", "aot", ("aot", "jit")), "option mode must be one of aot, jit, got 'fast'"),
+                        (lambda: opts.flag("chunked", True), "option chunked must be true or false, got 'maybe'"),
+                        (lambda: opts.integer("opset", 23), "option opset must be an integer, got 'x'")]:
+        with pytest.raises(EdgeportsError, match=words) as info:
+            call()
+        assert "\n" not in str(info.value)
