@@ -30,7 +30,7 @@ from typing import Any
 from edgeports.errors import EdgeportsError
 from edgeports.lens import format_len
 from edgeports.measure.memory import format_bytes, parse_bytes
-from edgeports.measure.row import now, platform_id
+from edgeports.measure.row import RunTarget, now, platform_id, target_fields
 
 MAXCTX_TABLE = "maxctx"
 MAXCTX_KEY = ("key",)
@@ -61,16 +61,9 @@ class MaxCtxConfig:
 
 
 @dataclass(frozen=True)
-class MaxCtxRow:
-    """The result of one search (the `maxctx` table)."""
+class MaxCtxRow(RunTarget):
+    """The result of one search (the `maxctx` table): RunTarget's columns, then these."""
 
-    model: str
-    arch: str
-    family: str
-    backend: str
-    device: str
-    dtype: str
-    batch: int
     prefill_mode: str
     decode_len: int
     budget: str  # as given: "24GiB" or "device"
@@ -367,8 +360,7 @@ def _row(cell, label, budget, config, s: Search, status, reason, seconds, key, f
     at_max = next((p.peak for p in s.probes if p.length == s.fit and p.status == "ok"), None)
     cap = _round(config.max_len, GRANULE)
     return MaxCtxRow(
-        model=cell.model, arch=cell.arch, family=cell.family, backend=cell.backend, device=cell.device,
-        dtype=cell.dtype, batch=cell.batch, prefill_mode=cell.prefill_mode, decode_len=cell.decode_len,
+        **target_fields(cell), prefill_mode=cell.prefill_mode, decode_len=cell.decode_len,
         budget=label, mem_budget=budget, weights=cell.weights, status=status,
         max_ctx=s.fit if s.fit is not None else (0 if s.fail is not None else None), fail_ctx=s.fail,
         capped=int(s.fit is not None and s.fail is None and s.fit >= cap), cap=cap, resolution=config.resolution,

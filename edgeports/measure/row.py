@@ -25,8 +25,9 @@ PLATFORM_ID_FIELDS = ("platform_machine", "platform_cpu", "platform_gpu", "platf
 
 
 @dataclass(frozen=True)
-class CellConfig:
-    """What a cell measures: the config columns every Row starts with."""
+class RunTarget:
+    """Which model runs where: the leading columns of every per-run results table (Row via CellConfig,
+    edgeports.maxctx.MaxCtxRow)."""
 
     model: str
     arch: str
@@ -35,6 +36,17 @@ class CellConfig:
     device: str
     dtype: str
     batch: int
+
+
+def target_fields(obj: Any) -> dict[str, Any]:
+    """The RunTarget fields of any object that has them (a Cell, a Row), as keyword arguments."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(RunTarget)}
+
+
+@dataclass(frozen=True)
+class CellConfig(RunTarget):
+    """What a cell measures: the config columns every Row starts with (RunTarget's, then these)."""
+
     prompt_len: int
     decode_len: int
     prefill_mode: str  # "full" | "chunk:<n>"
