@@ -24,7 +24,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from edgeports.models import LM, ModelSpec, StateSlot, build, from_pretrained, g
 MANIFEST = "manifest.json"
 FORMAT = 1
 CANONICAL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+IN_MEMORY_WEIGHTS = "<in-memory LM>"  # options.weights of an export from an LM object
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -175,6 +176,12 @@ def resolve_spec(source: ModelSpec | LM | str) -> ModelSpec:
     if isinstance(source, LM):
         return source.spec
     return get_spec(source) if isinstance(source, str) else source
+
+
+def lm_options(lm: LM, options: ExportOptions, **changes: Any) -> ExportOptions:
+    """The options recorded for an export of an LM handed in: its weights are whatever it holds, so its own
+    dtype (not the requested one) and IN_MEMORY_WEIGHTS instead of a checkpoint path; `changes` on top."""
+    return replace(options, dtype=next(lm.parameters()).dtype, weights=IN_MEMORY_WEIGHTS, **changes)
 
 
 def build_lm(spec: ModelSpec, options: ExportOptions, device: str | torch.device | None = None) -> LM:

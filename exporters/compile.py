@@ -41,7 +41,6 @@ import shutil
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from edgeports.exporters.base import (
     build_lm,
     layout_json,
     library_versions,
+    lm_options,
     resolve_spec,
     stage,
     write_manifest,
@@ -288,8 +288,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     spec = resolve_spec(source)
     if isinstance(source, LM):
         lm = source
-        options = replace(options, dtype=next(lm.parameters()).dtype, weights="<in-memory LM>",
-                          device=str(lm.head_device()))
+        options = lm_options(lm, options, device=str(lm.head_device()))
     else:
         lm = build_lm(spec, options)
     lm.requires_grad_(False).eval()

@@ -8,7 +8,6 @@ checkpoint) or an LM handed in, the weights go into `model.safetensors`.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from edgeports.exporters.base import (
     build_lm,
     layout_json,
     library_versions,
+    lm_options,
     resolve_spec,
     stage,
     write_manifest,
@@ -42,8 +42,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions, 
     with stage(out_dir) as tmp:
         if isinstance(source, LM):
             lm = source
-            # the weights are whatever the LM holds: record its dtype, not the requested one
-            options = replace(options, dtype=next(lm.parameters()).dtype, weights="<in-memory LM>")
+            options = lm_options(lm, options)
             _save(lm, tmp)
         elif options.weights:
             lm = build_lm(spec, options, device="cpu")

@@ -55,6 +55,7 @@ from edgeports.exporters.base import (
     build_lm,
     layout_json,
     library_versions,
+    lm_options,
     resolve_spec,
     stage,
     write_manifest,
@@ -251,7 +252,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         # trace a CPU copy: an ONNX graph has no device, and the caller keeps its model where it is
         on_cpu = next(source.parameters()).device.type == "cpu"
         lm = (source if on_cpu else copy.deepcopy(source).cpu()).eval()
-        options = replace(options, dtype=next(lm.parameters()).dtype, weights="<in-memory LM>")
+        options = lm_options(lm, options)
     else:
         lm = build_lm(spec, replace(options, device="cpu"), device="cpu")  # an ONNX graph has no device
     layout = lm.state_layout(options.batch, options.max_len)
