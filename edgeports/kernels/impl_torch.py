@@ -9,6 +9,10 @@
   dynamo ONNX exporter) the scan over chunks is torch's `scan` higher-order op, so the graph does not grow
   with L (ONNX: one `Scan` node); in eager it is a Python loop over chunks (eager `scan` would compile its
   body with dynamo on every new shape).
+  Eager on the CPU runs the recurrence step by step instead (_m1_sequential): the parallel scan does
+  ~3 log2(T) full passes over [T,Bt,D,N] per chunk, memory-bound work that made mamba-130m's 1k prefill
+  take ~20 s on two cores; one fused multiply-add per step over a cache-resident [Bt,D,N] state does
+  L*D*N work in all (~1 s).
 - causal_conv1d: a depthwise F.conv1d over cat(initial_state, x).
 
 Dynamic L (torch.export with a Dim for L, min 1): chunking a symbolic L is written so that export need
@@ -25,11 +29,12 @@ import torch.nn.functional as F
 from edgeports.kernels._common import gate, transform_dt
 from edgeports.kernels._common import state_update as selective_state_update  # one step: nothing to chunk
 
-__all__ = ["CHUNK_M1", "IMPL", "available", "causal_conv1d", "causal_conv1d_update", "selective_scan",
+__all__ = ["CHUNK_M1", "CHUNK_M1_SEQ", "IMPL", "available", "causal_conv1d", "causal_conv1d_update", "selective_scan",
            "selective_state_update", "ssd_chunk_scan"]
 
 IMPL = "torch"
 CHUNK_M1 = 64  # Mamba1 steps per chunk: log2(64) = 6 parallel-scan levels over [Bt,D,64,N] per chunk
+CHUNK_M1_SEQ = 16  # CPU eager: steps whose decays/inputs [T,Bt,D,N] are built at once (stay in cache)
 
 
 def available() -> tuple[bool, str]:
@@ -137,17 +142,34 @@ def _m1_chunk(carry: tuple[torch.Tensor, torch.Tensor], xs: tuple[torch.Tensor, 
     return (hs[-1].clone(), A.clone()), y
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
-    """Mamba1 scan: chunks of CHUNK_M1 steps, parallel inside, sequential (loop or `scan` op) across."""
-    bt, d, L = u.shape
-    _same_len(L, 2, delta, B, C)
-    uf, A = u.float(), A.float()
-    dt = transform_dt(delta.float(), delta_bias, delta_softplus, bias_dim=1)  # [Bt,D,L]
+def _m1_sequential(h: torch.Tensor, A: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence one step at a time (CPU eager). h [Bt,D,N], A [D,N]; dt, dtu [Bt,D,L]; B, C [Bt,N,L]
+    -> (y [Bt,D,L], final h). Decays and inputs are built CHUNK_M1_SEQ steps at a time; each step is
+    one in-place multiply-add that turns the chunk's input buffer into its states."""
+    L = dt.shape[-1]
+    dt, dtu, B, C = (t.permute(2, 0, 1) for t in (dt, dtu, B, C))  # time-major [L,Bt,*]
+    ys = []
+    for s in range(0, L, CHUNK_M1_SEQ):
+        e = min(s + CHUNK_M1_SEQ, L)
+        a = (dt[s:e, :, :, None] * A).exp_()  # [T,Bt,D,N]
+        hs = dtu[s:e, :, :, None] * B[s:e, :, None, :]  # [T,Bt,D,N]: inputs, then (in place) states
+        for t in range(e - s):
+            h = hs[t].addcmul_(a[t], h)  # h_t = b_t + a_t h_{t-1}
+        ys.append(torch.einsum("tbdn,tbn->tbd", hs, C[s:e]))  # [T,Bt,D] (einsum: 4x faster than matmul)
+    y = torch.cat(ys).permute(1, 2, 0) if ys else dt.new_zeros((dt.shape[1], dt.shape[2], 0))
+    return y, h.clone()  # h is a view of the last chunk's buffer
+
+
+def _m1_chunked(h: torch.Tensor, A: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunks of CHUNK_M1 steps, parallel inside, sequential (loop or `scan` op) across. Arguments and
+    result as _m1_sequential."""
+    L = dt.shape[-1]
     T = _block(L, CHUNK_M1)
     nc = _num_chunks(L, T, opaque=False)
     # time-major chunks [nc,T,Bt,*]; padded steps get dt = 0: decay 1, input 0, the state is unchanged
-    xs = tuple(_chunk(t.permute(2, 0, 1), T, 0, nc) for t in (dt, dt * uf, B.float(), C.float()))
-    h = initial_state.float() if initial_state is not None else uf.new_zeros((bt, d, A.shape[1]))
+    xs = tuple(_chunk(t.permute(2, 0, 1), T, 0, nc) for t in (dt, dtu, B, C))
     if _tracing():
         from torch._higher_order_ops.scan import scan
 
@@ -158,7 +180,24 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             (h, _), y_c = _m1_chunk((h, A), tuple(x[i] for x in xs))
             outs.append(y_c)
         ys = torch.stack(outs)
-    y = _unchunk(ys, L, 0).permute(1, 2, 0)  # [Bt,D,L]
+    return _unchunk(ys, L, 0).permute(1, 2, 0), h  # [Bt,D,L]
+
+
+def _step_by_step(u: torch.Tensor) -> bool:
+    """Whether selective_scan runs _m1_sequential: CPU eager (tests turn it off to run the chunked form)."""
+    return not _tracing() and u.device.type == "cpu"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
+    """Mamba1 scan: step by step in CPU eager (_m1_sequential), else chunks with a parallel scan inside
+    (_m1_chunked: few launches on a GPU, a graph of constant size under tracing)."""
+    bt, d, L = u.shape
+    _same_len(L, 2, delta, B, C)
+    uf, A = u.float(), A.float()
+    dt = transform_dt(delta.float(), delta_bias, delta_softplus, bias_dim=1)  # [Bt,D,L]
+    h = initial_state.float() if initial_state is not None else uf.new_zeros((bt, d, A.shape[1]))
+    scan_fn = _m1_sequential if _step_by_step(u) else _m1_chunked
+    y, h = scan_fn(h, A, dt, dt * uf, B.float(), C.float())
     if D is not None:
         y = y + D.float()[:, None] * uf
     return gate(y, z).to(u.dtype), h

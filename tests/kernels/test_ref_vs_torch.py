@@ -1,7 +1,8 @@
 """The torch implementation against the sequential reference, on fresh random inputs.
 
 Covers lengths 1, 7, 255, 1000, every optional argument on and off, n_groups 1 and > 1, fp32 and bf16
-inputs, and chunked prefill (two calls carrying the state) against one call.
+inputs, and chunked prefill (two calls carrying the state) against one call; Mamba1 in both torch forms
+(step by step, as CPU eager runs it, and the chunked parallel scan of GPUs and tracing).
 """
 
 import pytest
@@ -67,9 +68,20 @@ def ssd_inputs(L, opts, dtype, groups=2, bt=2, heads=4, p=3, n=5, seed=0, clamp=
     return args, kw
 
 
+@pytest.fixture(params=["step", "chunked"])
+def m1_form(request, monkeypatch):
+    """Both forms of the torch selective_scan on these CPU tensors: step by step (what CPU eager runs) and
+    the chunked parallel scan (what a GPU and tracing run), forced here by turning the CPU choice off."""
+    from edgeports.kernels import impl_torch
+
+    if request.param == "chunked":
+        monkeypatch.setattr(impl_torch, "_step_by_step", lambda u: False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("L,opts", _lens_and_opts(), ids=_ids(_lens_and_opts()))
-def test_selective_scan(L, opts, dtype):
+def test_selective_scan(L, opts, dtype, m1_form):
     args, kw = m1_inputs(L, opts, dtype)
     _close(K.selective_scan(*args, **kw, impl="torch"), K.selective_scan(*args, **kw, impl="ref"), dtype)
 
@@ -142,7 +154,7 @@ def test_causal_conv1d_update(bias, act, dtype):
 # ---- chunked prefill: two calls carrying the state == one call -----------------------------------------
 @pytest.mark.parametrize("impl", ["torch", "ref"])
 @pytest.mark.parametrize("split", [1, 100, 254])
-def test_selective_scan_chunked_prefill(impl, split):
+def test_selective_scan_chunked_prefill(impl, split, m1_form):
     args, kw = m1_inputs(255, frozenset(OPTS) - {"init"}, torch.float32)
     y, h = K.selective_scan(*args, **kw, impl=impl)
     cut = lambda t, a, b: t[..., a:b] if t is not None and t.dim() == 3 else t
@@ -214,10 +226,28 @@ def test_state_update_steps_match_scans(impl):
     torch.testing.assert_close(state, h, **STATE_TOL)
 
 
-def test_torch_selective_scan_chunk_boundaries():
-    # L around multiples of the Mamba1 chunk: padding and carrying across chunks
-    from edgeports.kernels.impl_torch import CHUNK_M1
+def test_torch_selective_scan_chunk_boundaries(m1_form):
+    # L around multiples of the Mamba1 chunk (of either form): padding and carrying across chunks
+    from edgeports.kernels.impl_torch import CHUNK_M1, CHUNK_M1_SEQ
 
-    for L in (CHUNK_M1 - 1, CHUNK_M1, CHUNK_M1 + 1, 2 * CHUNK_M1):
+    T = CHUNK_M1 if m1_form == "chunked" else CHUNK_M1_SEQ
+    for L in (T - 1, T, T + 1, 2 * T):
         args, kw = m1_inputs(L, frozenset(OPTS), torch.float32, seed=L)
         _close(K.selective_scan(*args, **kw, impl="torch"), K.selective_scan(*args, **kw, impl="ref"), torch.float32)
+
+
+def test_torch_selective_scan_cpu_eager_is_step_by_step_and_pure(monkeypatch):
+    # CPU eager takes the sequential form, which works in place on its own buffers only: inputs untouched
+    from edgeports.kernels import impl_torch
+
+    calls = []
+    seq = impl_torch._m1_sequential
+    monkeypatch.setattr(impl_torch, "_m1_sequential", lambda *a: calls.append(1) or seq(*a))
+    args, kw = m1_inputs(3 * impl_torch.CHUNK_M1_SEQ + 5, frozenset(OPTS), torch.float32, seed=7)
+    before = [t.clone() for t in (*args, kw["initial_state"])]
+    y, h = K.selective_scan(*args, **kw, impl="torch")
+    assert calls == [1]
+    for t, b in zip((*args, kw["initial_state"]), before, strict=True):
+        assert torch.equal(t, b)
+    assert h.data_ptr() != kw["initial_state"].data_ptr()
+    _close((y, h), K.selective_scan(*args, **kw, impl="ref"), torch.float32)
