@@ -20,9 +20,11 @@ the (model, backend) setups that would start after that many seconds, so one cal
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,47 +51,142 @@ def setup_eager(lm, args):
 
 
 def setup_compile_jit(lm, args):
-    """torch.compile in process: dynamic-L prefill, decode replayed from a CUDA graph; setup = compile."""
+    """torch.compile in process: dynamic-L prefill, decode replayed from a CUDA graph; setup = compile. After
+    a --jobs worker compiled the same model, this compile finds Inductor's on-disk caches warm: setup is then
+    the worker's (cold) compile time and `compile_s_warm` this one."""
     from edgeports.runners.compile import JitRunner
 
     t0 = time.perf_counter()
-    runner = JitRunner(lm, DEV, batch=1, chunked=False)
-    return runner, time.perf_counter() - t0, {"compile_s": runner.info["compile_s"]}
+    runner = JitRunner(copy.deepcopy(lm), DEV, batch=1, chunked=False)  # it fuses projections in place
+    setup_s = time.perf_counter() - t0
+    prep = _prepared(args, lm.spec.name, "compile-jit")
+    if prep:
+        return runner, prep["setup_s"], {"compile_s": prep["compile_s"], "compile_s_warm": round(setup_s, 1)}
+    return runner, setup_s, {"compile_s": runner.info["compile_s"]}
+
+
+def export_compile_aot(lm, args) -> Path:
+    """AOTInductor packages of the LM (prefill + decode) in the workdir."""
+    from edgeports.exporters.base import ExportOptions
+    from edgeports.exporters.compile import export
+
+    options = ExportOptions(dtype=args.dtype, max_len=args.max_len, device=DEV, extra=(("chunked", False),))
+    return export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-aot", options).path
 
 
 def setup_compile_aot(lm, args):
     """AOTInductor packages exported from the same LM, loaded without model code; setup = export."""
-    from edgeports.exporters.base import ExportOptions, read_artifact
-    from edgeports.exporters.compile import export
+    from edgeports.exporters.base import read_artifact
     from edgeports.runners.compile import load
 
-    options = ExportOptions(dtype=args.dtype, max_len=args.max_len, device=DEV, extra=(("chunked", False),))
-    out = Path(args.workdir) / lm.spec.name
-    t0 = time.perf_counter()
-    art = export(lm, out, options)
-    setup_s = time.perf_counter() - t0
-    runner = load(read_artifact(art.path, backend="compile"), DEV)
-    return runner, setup_s, {"export_s": round(art.export_s, 1)}
+    path, setup_s = _exported(lm, args, "compile-aot", export_compile_aot)
+    runner = load(read_artifact(path, backend="compile"), DEV)
+    return runner, setup_s, {"export_s": round(setup_s, 1)}
 
 
-def setup_ort_cuda(lm, args):
-    """ONNX graphs exported from the same LM (standard SSM lowering, KV caches sized per prompt), run by ONNX
-    Runtime's CUDA EP with IO binding, state on the device; setup = export (on the host CPU) + sessions.
-    Needs onnxruntime-gpu (../shared/tools/ort-gpu-parts.sh, then PYTHONPATH=/tmp/ortsite)."""
-    from edgeports.exporters.base import ExportOptions, read_artifact
+def export_onnx(lm, args) -> Path:
+    """ONNX graphs of the LM (standard SSM lowering, KV caches sized per prompt) in the workdir; traced on the
+    host CPU (an ONNX graph has no device)."""
+    from edgeports.exporters.base import ExportOptions
     from edgeports.exporters.onnx import export
-    from edgeports.runners.ort import load
 
     extra = (("onnx_chunked", False), ("onnx_cache", "dynamic"))
     options = ExportOptions(dtype=args.dtype, max_len=args.max_len, extra=extra)
+    return export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-onnx", options).path
+
+
+def setup_ort_cuda(lm, args):
+    """ONNX Runtime's CUDA EP on the ONNX export of the same LM, with IO binding and the state on the device;
+    setup = export + sessions. Needs onnxruntime-gpu (../shared/tools/ort-gpu-parts.sh, then
+    PYTHONPATH=/tmp/ortsite)."""
+    from edgeports.exporters.base import read_artifact
+    from edgeports.runners.ort import load
+
+    path, export_s = _exported(lm, args, "ort-cuda", export_onnx)
     t0 = time.perf_counter()
-    art = export(lm, Path(args.workdir) / f"{lm.spec.name}-onnx", options)
-    runner = load(read_artifact(art.path, backend="onnx"), DEV)
-    return runner, time.perf_counter() - t0, {"export_s": round(art.export_s, 1), "provider": runner.info["provider"]}
+    runner = load(read_artifact(path, backend="onnx"), DEV)
+    sessions_s = time.perf_counter() - t0
+    return runner, export_s + sessions_s, {"export_s": round(export_s, 1), "sessions_s": round(sessions_s, 1),
+                                           "provider": runner.info["provider"]}
 
 
 BACKENDS = {"eager": setup_eager, "compile-jit": setup_compile_jit, "compile-aot": setup_compile_aot,
             "ort-cuda": setup_ort_cuda}
+# the work a --jobs worker does ahead of the measurements: an export, or (JIT) a compile that fills the caches
+PREPARE = {"compile-jit": None, "compile-aot": export_compile_aot, "ort-cuda": export_onnx}
+
+
+# ---- preparing in parallel (--jobs) -------------------------------------------------------------------
+def _prep_file(args, name: str, backend: str) -> Path:
+    return Path(args.workdir) / f"prep-{name}-{args.dtype}-{backend}.json"
+
+
+def _prepared(args, name: str, backend: str) -> dict | None:
+    """What a worker left for (model, backend): {"setup_s", "artifact"?, ...}; its error is raised here."""
+    f = _prep_file(args, name, backend)
+    if not f.exists():
+        return None
+    rec = json.loads(f.read_text())
+    if "error" in rec:
+        raise RuntimeError(f"in the preparing worker: {rec['error']}")
+    return rec
+
+
+def _exported(lm, args, backend: str, export_fn) -> tuple[Path, float]:
+    """(artifact path, export seconds): a worker's, or exported now."""
+    prep = _prepared(args, lm.spec.name, backend)
+    if prep:
+        return Path(prep["artifact"]), prep["setup_s"]
+    t0 = time.perf_counter()
+    path = export_fn(lm, args)
+    return path, time.perf_counter() - t0
+
+
+def prepare_one(args, name: str, backend: str) -> int:
+    """Worker body (--prepare-one): build the model as the measuring process does (same seed, so the same
+    weights), run the backend's export or JIT compile, record the result in the workdir."""
+    rec: dict = {}
+    try:
+        lm = build_on_gpu(name, args.dtype)
+        t0 = time.perf_counter()
+        if backend == "compile-jit":
+            runner, _, notes = setup_compile_jit(lm, args)
+            rec.update(compile_s=notes["compile_s"])
+            runner.close()
+        else:
+            rec["artifact"] = str(PREPARE[backend](lm, args))
+        rec["setup_s"] = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - recorded; the measuring process reports it for this backend
+        rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+    _prep_file(args, name, backend).write_text(json.dumps(rec))
+    return 0
+
+
+def prepare_all(args, argv: list[str]) -> None:
+    """Run the (model, backend) preparations in up to args.jobs worker processes at once: compiles and exports
+    are CPU-bound and single-model, so they overlap well; measurements stay sequential in this process."""
+    todo = [(m, b) for m in args.models for b in args.backends
+            if b in PREPARE and not _prep_file(args, m, b).exists()]
+    running: list[tuple[str, str, subprocess.Popen, float]] = []
+    t_start = time.perf_counter()
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name, backend = todo.pop(0)
+            log = open(Path(args.workdir) / f"prep-{name}-{args.dtype}-{backend}.log", "w")  # noqa: SIM115
+            proc = subprocess.Popen([sys.executable, __file__, *argv, "--prepare-one", name, backend],
+                                    stdout=log, stderr=subprocess.STDOUT)
+            running.append((name, backend, proc, time.perf_counter()))
+        for item in list(running):
+            name, backend, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if not _prep_file(args, name, backend).exists():  # the worker died before writing its record
+                _prep_file(args, name, backend).write_text(json.dumps({"error": f"worker exit {proc.returncode}"}))
+            rec = json.loads(_prep_file(args, name, backend).read_text())
+            print(f"prepared {name} {backend} in {time.perf_counter() - t0:.0f} s: "
+                  f"{rec.get('error') or 'ok'} (at {time.perf_counter() - t_start:.0f} s)", flush=True)
+        time.sleep(1)
 
 
 # ---- measurement ------------------------------------------------------------------------------------------
@@ -126,10 +223,22 @@ def bench_backend(lm, runner, reference, args, copy_gbs: float) -> dict:
     return out
 
 
+def cpu_peaks() -> dict:
+    """The dry run's stand-in for _bench.peaks: a host copy rate."""
+    src = torch.randn(1 << 26)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    copy_gbs = 5 * 2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9
+    return dict(copy_gbs=copy_gbs, mm_tflops=float("nan"), gpu="cpu", torch=torch.__version__)
+
+
 def run(args, results: dict) -> dict:
     """Every model x backend into `results` (also written to --out after each backend)."""
     t_start = time.perf_counter()
-    pk = peaks()
+    pk = peaks() if DEV == "cuda" else cpu_peaks()
     print(f"{pk['gpu']}: copy {pk['copy_gbs']:.0f} GB/s, bf16 mm {pk['mm_tflops']:.0f} TFLOP/s, torch {pk['torch']}",
           flush=True)
     results.update(peaks=pk, args={k: v for k, v in vars(args).items() if k not in ("out", "workdir")})
@@ -222,9 +331,20 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=480.0, help="start no new backend setup after this")
     p.add_argument("--quick", action="store_true", help="lens 1k,4k, decode at 1k, 2 repeats of 16 steps")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="export / compile the models for every backend in this many worker processes at once "
+                        "before measuring (0: each setup in turn, in this process)")
+    p.add_argument("--workdir", default=None,
+                   help="keep exported artifacts and worker records here (default: a temporary directory); a "
+                        "later run with the same --workdir, models, dtype and lengths reuses them")
+    p.add_argument("--prepare-only", action="store_true", help="with --jobs: prepare, then stop")
+    p.add_argument("--prepare-one", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cuda", help="cuda; cpu only to dry-run this script on tiny models")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/backends.py needs a CUDA GPU", file=sys.stderr)
+    global DEV
+    DEV = args.device
+    if DEV == "cuda" and not torch.cuda.is_available():
+        print("benchmarks/backends.py needs a CUDA GPU (--device cpu: a dry run on tiny models)", file=sys.stderr)
         return 2
     if args.quick:
         args.lens, args.decode_lens, args.repeats, args.steps = "1k,4k", "1k", 2, 16
@@ -237,14 +357,23 @@ def main(argv=None) -> int:
     if "eager" not in args.backends:
         args.backends.insert(0, "eager")  # every ratio and parity check needs it
     args.backends.sort(key=lambda b: b != "eager")
+    raw = ["--dtype", args.dtype, "--lens", args.lens, "--decode-lens", args.decode_lens, "--steps", str(args.steps),
+           "--device", DEV]  # what a --jobs worker needs to prepare what this process will load
     args.lens, args.decode_lens = parse_lens(args.lens), parse_lens(args.decode_lens)
     args.max_len = max(args.lens + args.decode_lens) + args.steps
+    if args.prepare_one:
+        return prepare_one(args, *args.prepare_one)
     # a run killed by a time limit (SIGTERM) still prints what it measured (the JSON is written as it goes)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     results = {"args": vars(args), "models": {}}
     try:
-        with tempfile.TemporaryDirectory(prefix="edgeports-bench-") as workdir:  # exported artifacts
-            args.workdir = workdir
+        with tempfile.TemporaryDirectory(prefix="edgeports-bench-") as tmp:  # exported artifacts
+            args.workdir = args.workdir or tmp
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+            if args.jobs > 0:
+                prepare_all(args, [*raw, "--workdir", args.workdir])
+            if args.prepare_only:
+                return 0
             results = run(args, results)
     except KeyboardInterrupt:
         print("interrupted: the table holds what was measured so far", flush=True)

@@ -42,9 +42,11 @@ from edgeports.exporters.compile import (
     WEIGHTS_FILE,
     InPlaceStep,
     failure,
+    fuses,
     kinds_of,
     mode_of,
     state_len_dims,
+    tuning_of,
 )
 from edgeports.exporters.compile import available as exporter_available
 from edgeports.models import torch_dtype
@@ -168,17 +170,22 @@ class CompiledRunner(StepRunner):
 class JitRunner(CompiledRunner):
     """Our LM compiled with torch.compile in this process (see the module docstring)."""
 
-    def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True):
+    def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True):
+        """Compiles `lm` (its q/k/v and gate/up projections fused in place when `fuse`, see
+        edgeports.models.fuse: pass a copy to keep the original)."""
+        from edgeports.models.fuse import fuse_projections
+
         lm.requires_grad_(False).eval()
+        fused = fuse_projections(lm) if fuse else 0
         kinds = ("prefill", "prefill_cont", "decode") if chunked else ("prefill", "decode")
-        programs = {k: _compiled(InPlaceStep(lm, k)) for k in kinds}
+        programs = {k: _compiled(InPlaceStep(lm, k), tuning_of(k, torch.device(device))) for k in kinds}
         super().__init__(device, next(lm.parameters()).dtype, programs)
         self.lm = lm
         self.weight_bytes = lm.weight_bytes()
         self._dims = state_len_dims(lm, batch, WARM_STATE_LEN)
         self._compiled: set[str] = set()
         self._warm = False
-        self.info.update(mode="jit", params=lm.num_params())
+        self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused)
         t0 = time.perf_counter()
         ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, WARM_LEN), device=self.device)
         with torch.inference_mode():  # settle lazy module attributes before dynamo guards on them
@@ -220,13 +227,13 @@ class JitRunner(CompiledRunner):
                                  f"(ids {tuple(ids.shape)}, batch or dtype outside what was compiled at load)") from None
 
 
-def _compiled(step: InPlaceStep) -> Program:
+def _compiled(step: InPlaceStep, options: dict[str, Any]) -> Program:
     """torch.compile of step.forward through a code object of its own: dynamo keeps its cache and recompile
     limit per code object, which every program of every model in the process would otherwise share."""
     fwd = InPlaceStep.forward
     code = fwd.__code__.replace(co_name=f"forward_{step.kind}_{next(_program_ids)}")
     fn = types.FunctionType(code, fwd.__globals__, code.co_name, fwd.__defaults__, fwd.__closure__)
-    return torch.compile(types.MethodType(fn, step), fullgraph=True)
+    return torch.compile(types.MethodType(fn, step), fullgraph=True, options=options or None)
 
 
 _program_ids = itertools.count()
@@ -333,7 +340,8 @@ def load(artifact: Artifact, device: str) -> CompiledRunner:
         from edgeports.runners.eager import load_lm
 
         lm = load_lm(artifact, device)
-        return JitRunner(lm, device, artifact.options.batch, chunked="prefill_cont" in kinds_of(artifact.options))
+        return JitRunner(lm, device, artifact.options.batch, chunked="prefill_cont" in kinds_of(artifact.options),
+                         fuse=fuses(artifact.options))
     return AotRunner(artifact, device)
 
 
@@ -342,9 +350,12 @@ def parity_reference(runner: CompiledRunner):
     if isinstance(runner, JitRunner):
         return copy.deepcopy(runner.lm).float()
     from edgeports.models import build
+    from edgeports.models.fuse import fuse_projections
 
     art = runner.artifact
     lm = build(art.spec, dtype="float32", device=runner.device, seed=art.options.seed)
+    if json.loads(art.file(PROGRAMS_FILE).read_text()).get("fused_projections"):
+        fuse_projections(lm)  # the packages' weight names
     prefix = "lm."  # InPlaceStep holds the LM as `lm`
     weights = {name[len(prefix):]: runner._weights[key] for name, key in
                json.loads(art.file(PROGRAMS_FILE).read_text())["constants"].items()}
