@@ -2,12 +2,16 @@
 # Source this at the start of a GPU-machine call (no package registry there): installs the carried
 # wheels (.whl: click, rich, matplotlib, ...) aside in /tmp/site and edgeports itself (editable, no deps) into
 # the machine's python, so `edgeports` and `import edgeports.exporters` work as after `make install`.
-#   carry: [".whl"]   command: source benchmarks/gpu_setup.sh && ...
+#   carry: [".whl", ".whlplot"]   command: source benchmarks/gpu_setup.sh && ...
 set -e
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# .whl: click, rich and the small ones; .whlplot: matplotlib and fonttools (apart, so .whl fits beside a
+# 53 MB onnxruntime-gpu part in one call). /tmp/site persists while the machine stays warm.
+for d in .whl .whlplot; do
+  if [ -d $d ] && ls $d/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $d/*.whl
+  fi
+done
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/tmp/edgeports-install.log 2>&1 \
   || { cat /tmp/edgeports-install.log; exit 1; }
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"

@@ -12,28 +12,33 @@
 # Results land in $OUT (the device machine's returned folder) or results/study.
 set -uo pipefail
 OUT=${OUT:-results/study}
-DB="$OUT/study.db"
+DB=${DB:-$OUT/study.db}
+STAGES=${STAGES:-sweep,maxctx,report}  # a subset splits the work over calls (keep DB outside $OUT then)
 MODELS=${MODELS:-qwen2.5-0.5b,mamba2-780m,llama-3.2-1b,mamba2-1.3b,falcon-h1-1.5b}
 PAIRS=${PAIRS:-qwen2.5-0.5b:mamba2-780m,llama-3.2-1b:mamba2-1.3b:falcon-h1-1.5b}
 LENS=${LENS:-1k,4k,8k,16k,32k,57k}
 MAXCTX=${MAXCTX:---start 32k --max-len 128k}  # (a CPU dry run: MODELS=tiny-llama,tiny-mamba2 PAIRS=... etc.)
 # energy windows of >= 3 counter updates (NVML updates every ~tens of ms): coarser, but a few s per cell less
 export EDGEPORTS_ENERGY_UPDATES=${EDGEPORTS_ENERGY_UPDATES:-3}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$(dirname "$DB")"
 start=$(date +%s)
 stamp() { echo "== $1 at $(( $(date +%s) - start )) s"; }
 
+stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 stamp "sweep"
+stage sweep && {
 # SIGINT at the time box: finished rows are kept, the worker is killed (a rerun resumes)
 timeout -s INT 240 edgeports run --models "$MODELS" --backend eager --lens "$LENS" \
   --decode-len 16 --repeats 2 --warmup 1 --profile ops --timeout 120 --load-timeout 180 --db "$DB" --no-progress
+}
 
 stamp "maxctx"
-timeout -s INT 180 edgeports maxctx --models "$MODELS" --backend eager --mem-budget 24GiB \
+stage maxctx && timeout -s INT 180 edgeports maxctx --models "$MODELS" --backend eager --mem-budget 24GiB \
   --prefill full,chunk:4096 --decode 16 $MAXCTX --resolution 0.125 --no-confirm \
   --timeout 90 --load-timeout 180 --db "$DB"
 
 stamp "report"
+stage report || exit 0
 edgeports report --study --db "$DB" --out "$OUT" --pairs "$PAIRS"
 edgeports report --db "$DB" --out "$OUT/report" --baseline none --no-plots >/dev/null
 cat "$OUT/study.md"
