@@ -41,10 +41,13 @@ from edgeports.runners.base import parse_prefill_mode
 # the smallest real config of each family; the default sweep runs those present in the zoo
 DEFAULT_MODELS = ("qwen2.5-0.5b", "mamba-130m", "mamba2-130m", "falcon-h1-0.5b")
 # per device kind: (lens, decode_len, repeats, warmup). On a CPU a cell is one timed run (p10 = p50 =
-# p90) and no warm-up beyond the short prefill + decode every worker runs after loading: the study's
-# smallest models take minutes per 4k prefill on two cores. On a GPU: the study's range, a full-length
-# warm-up (lazy compilation, autotuning) and enough repeats for stable percentiles.
-DEVICE_DEFAULTS = {"cpu": ("1k-4k", 8, 1, 0), "cuda": ("1k-64k", 64, 5, 1)}
+# p90) and no warm-up beyond the short prefill + decode every worker runs after loading, over 256-1k:
+# on two cores our eager prefills take seconds, but transformers' own CPU path for Mamba2 layers (hf
+# mamba2-130m, falcon-h1-0.5b) materialises [chunk, chunk, heads, state] products and grows faster
+# than L (mamba2-130m: ~13 s at 256, ~83 s at 1k; minutes from 2k): the default sweep takes ~6
+# minutes on two cores. On a GPU: the study's range, a full-length warm-up (lazy compilation, autotuning) and
+# enough repeats for stable percentiles.
+DEVICE_DEFAULTS = {"cpu": ("256-1k", 8, 1, 0), "cuda": ("1k-64k", 64, 5, 1)}
 
 
 @dataclass(frozen=True)

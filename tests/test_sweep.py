@@ -7,6 +7,7 @@ import pytest
 
 from edgeports import sweep
 from edgeports.errors import EdgeportsError
+from edgeports.lens import parse_lens
 from edgeports.results import ResultStore
 from edgeports.sweep import SweepConfig
 
@@ -34,7 +35,7 @@ def test_plan_expands_the_grid(tmp_path):
 def test_plan_defaults_come_from_one_place(tmp_path):
     p = sweep.plan(SweepConfig(device="cpu", db=str(tmp_path / "e.db"), models=("tiny-llama",)))
     lens, decode, repeats, warmup = sweep.DEVICE_DEFAULTS["cpu"]
-    assert sorted({c.prompt_len for c in p.cells}) == [1024, 2048, 4096] and lens == "1k-4k"
+    assert sorted({c.prompt_len for c in p.cells}) == list(parse_lens(lens)) == [256, 512, 1024]
     assert {(c.decode_len, c.repeats, c.warmup) for c in p.cells} == {(decode, repeats, warmup)}
     assert set(sweep.default_models()) <= set(sweep.DEFAULT_MODELS)
 

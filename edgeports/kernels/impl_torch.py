@@ -10,9 +10,9 @@
   with L (ONNX: one `Scan` node); in eager it is a Python loop over chunks (eager `scan` would compile its
   body with dynamo on every new shape).
   Eager on the CPU runs the recurrence step by step instead (_m1_sequential): the parallel scan does
-  ~3 log2(T) full passes over [T,Bt,D,N] per chunk, memory-bound work that made mamba-130m's 1k prefill
-  take ~20 s on two cores; one fused multiply-add per step over a cache-resident [Bt,D,N] state does
-  L*D*N work in all (~1 s).
+  ~3 log2(T) full passes over [T,Bt,D,N] per chunk, memory-bound work (mamba-130m's whole 1k prefill:
+  ~20 s on two cores); one multiply-add per step over a cache-resident [Bt,D,N] state is L*D*N work in
+  all, the exp of the decays being most of it (that prefill: ~1.3 s).
 - causal_conv1d: a depthwise F.conv1d over cat(initial_state, x).
 
 Dynamic L (torch.export with a Dim for L, min 1): chunking a symbolic L is written so that export need
