@@ -208,9 +208,12 @@ def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _shares_weights() -> bool:
-    # keeping weights out of the .so lets the prefill and decode packages share one device copy
-    return hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
+def _shares_weights(device: torch.device) -> bool:
+    """Keep the weights out of the packages, so prefill and decode share one device copy (CPU only). On CUDA
+    (torch 2.11, H100), loading a package compiled with package_constants_in_so=False killed the process
+    inside aoti_load_package (a segfault, no Python error), so CUDA packages embed their weights: one copy
+    per package, which the runner reports in its weight bytes."""
+    return device.type == "cpu" and hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
 
 
 def tuning_of(kind: str, device: torch.device) -> dict[str, Any]:
@@ -222,9 +225,10 @@ def tuning_of(kind: str, device: torch.device) -> dict[str, Any]:
     return {"coordinate_descent_tuning": True} if kind == "decode" and device.type == "cuda" else {}
 
 
-def compile_package(ep: torch.export.ExportedProgram, path: Path, options: dict[str, Any] | None = None) -> None:
-    """AOTInductor-compile one program into a .pt2 package (weights left out when they can be shared)."""
-    configs = {"aot_inductor.package_constants_in_so": False} if _shares_weights() else {}
+def compile_package(ep: torch.export.ExportedProgram, path: Path, options: dict[str, Any] | None = None,
+                    share_weights: bool = False) -> None:
+    """AOTInductor-compile one program into a .pt2 package (its weights left out with `share_weights`)."""
+    configs = {"aot_inductor.package_constants_in_so": False} if share_weights else {}
     configs.update(options or {})
     torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=configs)
 
@@ -341,13 +345,13 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
                 ep = export_program(lm, kind, batch, max_len)
             t_export = time.perf_counter() - t
             with reported(spec, f"AOTInductor compile of the {kind} program"):
-                compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device))
+                compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device), _shares_weights(device))
             programs[kind] = {"file": f"{kind}.pt2", "export_s": round(t_export, 3),
                               "compile_s": round(time.perf_counter() - t - t_export, 3), "ops": graph_ops(ep)}
             eps.append(ep)
         constants = save_weights(eps, tmp / WEIGHTS_FILE)
         (tmp / PROGRAMS_FILE).write_text(json.dumps(
-            {"programs": programs, "constants": constants, "weights": "shared" if _shares_weights() else "embedded",
+            {"programs": programs, "constants": constants, "weights": "shared" if _shares_weights(device) else "embedded",
              "fused_projections": fuses(options)},
             indent=1, sort_keys=True))
         dims = state_len_dims(lm, batch, max_len)

@@ -16,8 +16,8 @@ eager call (lazily set module attributes would otherwise become guards that fail
 continuing-prefill and decode programs are compiled with `fullgraph=True` and L and the state-length
 dims marked dynamic, then warmed on a small state. Later calls run under the `fail_on_recompile`
 stance, so a call outside the compiled shapes is an error, not a silent compile inside a timed region.
-AOT loads the packages and binds one device copy of `weights.safetensors` to all of them
-(`load_constants(user_managed=True)`); it imports edgeports.kernels (the `edgeports::` ops the packages
+AOT loads the packages and, on the CPU, binds one copy of `weights.safetensors` to all of them
+(`load_constants(user_managed=True)`; CUDA packages embed their weights, see exporters/compile.py); it imports edgeports.kernels (the `edgeports::` ops the packages
 call) but no model code.
 """
 
@@ -253,11 +253,14 @@ class AotRunner(CompiledRunner):
             device = torch.device("cuda", torch.cuda.current_device())
         _check_compatible(artifact, device)
         meta = json.loads(artifact.file(PROGRAMS_FILE).read_text())
-        weights = load_file(str(artifact.file(WEIGHTS_FILE)), device=str(device))
+        shared = meta["weights"] == "shared"
+        # shared: the packages point into these tensors (user-managed constants); embedded: each package holds
+        # its own copy, and the file is read only for a parity reference
+        weights = load_file(str(artifact.file(WEIGHTS_FILE)), device=str(device)) if shared else None
         programs, copies = {}, 0
         for kind in meta["programs"]:
             model = _load_package(artifact.file(meta["programs"][kind]["file"]), device)
-            if meta["weights"] == "shared":
+            if shared:
                 names = meta["constants"]
                 missing = [n for n in model.get_constant_fqns() if n not in names]
                 if missing:
@@ -269,19 +272,28 @@ class AotRunner(CompiledRunner):
                 else:  # older torch copies them: one weight copy per package
                     model.load_constants(constants, check_full_update=True)
                     copies += 1
-            else:  # compiled into the package (a torch without package_constants_in_so)
+            else:  # compiled into the package (CUDA; a torch without package_constants_in_so)
                 copies += 1
             programs[kind] = model
         super().__init__(device, torch_dtype(artifact.dtype), programs)
         self.artifact = artifact
-        self._weights = weights  # user-managed constants: the packages point into these tensors
+        self._weights = weights
         self._layout = [(tuple(s["shape"]), getattr(torch, s["dtype"])) for s in artifact.state_layout]
         dims = artifact.shape_ranges.get("state_len_dims", {})
         self._dims = [dict(dims.get(s["name"], [])) for s in artifact.state_layout]  # {dim: offset over max_len}
         self._batch, self._art_max_len = artifact.options.batch, artifact.options.max_len
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in weights.values()) * (1 + copies)
+        self.weight_bytes = _tensor_bytes(artifact.file(WEIGHTS_FILE)) * (copies + (1 if shared else 0))
         self.info.update(mode="aot", weights=f"one copy in each of {copies} packages" if copies else meta["weights"],
                          programs={k: v["ops"] for k, v in meta["programs"].items()})
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The artifact's weights file: the tensors the packages share, or (embedded weights) read now, on the
+        CPU, for a parity reference or a byte count."""
+        if self._weights is not None:
+            return self._weights
+        from safetensors.torch import load_file
+
+        return load_file(str(self.artifact.file(WEIGHTS_FILE)), device="cpu")
 
     def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:
         if max_len is None and ids.shape[1] <= self._art_max_len:  # the default headroom, within the packages
@@ -299,6 +311,13 @@ class AotRunner(CompiledRunner):
             shape = tuple(max_len + dims[i] if i in dims else n for i, n in enumerate(shape))
             out.append(torch.zeros(shape, dtype=dtype, device=self.device))
         return tuple(out)
+
+
+def _tensor_bytes(path) -> int:
+    """The tensor bytes of a safetensors file, from its header alone (u64 length, then JSON)."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
 
 
 def _check_compatible(artifact: Artifact, device: torch.device) -> None:
@@ -357,7 +376,8 @@ def parity_reference(runner: CompiledRunner):
     if json.loads(art.file(PROGRAMS_FILE).read_text()).get("fused_projections"):
         fuse_projections(lm)  # the packages' weight names
     prefix = "lm."  # InPlaceStep holds the LM as `lm`
-    weights = {name[len(prefix):]: runner._weights[key] for name, key in
+    stored = runner.weights()
+    weights = {name[len(prefix):]: stored[key] for name, key in
                json.loads(art.file(PROGRAMS_FILE).read_text())["constants"].items()}
     missing, _ = lm.load_state_dict(weights, strict=False)
     if missing:
