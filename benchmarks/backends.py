@@ -23,6 +23,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -173,8 +174,15 @@ def prepare_all(args, argv: list[str]) -> None:
         while todo and len(running) < args.jobs:
             name, backend = todo.pop(0)
             log = open(Path(args.workdir) / f"prep-{name}-{args.dtype}-{backend}.log", "w")  # noqa: SIM115
+            env = dict(os.environ)
+            if backend != "compile-jit":  # JIT workers fill the shared caches that the measuring process reads
+                # a package is zipped from files in Inductor's cache: a concurrent compile of the same kernels
+                # rewrote one mid-write on the H100 ("inline_container.cc: unexpected pos"), so exports compile
+                # in caches of their own
+                cache = Path(args.workdir) / f"cache-{name}-{backend}"
+                env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
             proc = subprocess.Popen([sys.executable, __file__, *argv, "--prepare-one", name, backend],
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
             running.append((name, backend, proc, time.perf_counter()))
         for item in list(running):
             name, backend, proc, t0 = item

@@ -44,7 +44,7 @@ case $step in
   STAGES=sweep DB=$STUDY_DB OUT=/tmp/study bash benchmarks/study_gpu.sh 2>&1 | quiet | tail -8
   ;;
 5)
-  bash .ort5/install.sh && export PYTHONPATH=/tmp/ortsite:$PYTHONPATH
+  bash .ort5/install.sh && export PYTHONPATH=/tmp/ortsite${PYTHONPATH:+:$PYTHONPATH}
   timeout 400 "${BENCH[@]}" --backends eager,ort-cuda --budget-s 330 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -40
   STAGES=report DB=$STUDY_DB OUT="$OUT/study" bash benchmarks/study_gpu.sh 2>&1 | quiet | tail -60

@@ -57,8 +57,10 @@ def apply_mem_budget(budget: int | None, device: str, weight_bytes: int) -> None
     if budget < weight_bytes:
         raise MemoryError(f"the weights ({format_bytes(weight_bytes)}) exceed the memory budget ({format_bytes(budget)})")
     if device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), torch.device(device))
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index  # the fraction call needs an index
+        free, total = torch.cuda.mem_get_info(index)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
         return
     now = vm_size()
     if now is None:

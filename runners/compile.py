@@ -337,14 +337,31 @@ def _check_compatible(artifact: Artifact, device: torch.device) -> None:
 
 
 def _load_package(path, device: torch.device):
-    """aoti_load_package with the options this torch has (single-threaded runs suit CUDA graphs)."""
-    params = inspect.signature(torch._inductor.aoti_load_package).parameters
+    """Load one package with the options this torch has (single-threaded runs suit CUDA graphs).
+
+    Through `load_pt2`, not `aoti_load_package`: the latter takes any RuntimeError of the loader for an
+    outdated package and retries with the legacy loader, which on CUDA (torch 2.11, H100) then killed the
+    process with a segfault, hiding the first error. Here that error is the message."""
+    try:
+        from torch.export.pt2_archive._package import load_pt2
+    except ImportError:  # an older torch: the public wrapper
+        load_pt2 = None
+    params = inspect.signature(load_pt2 or torch._inductor.aoti_load_package).parameters
     kwargs: dict[str, Any] = {}
     if "run_single_threaded" in params and device.type == "cuda":
         kwargs["run_single_threaded"] = True
     if "device_index" in params and device.type == "cuda":
         kwargs["device_index"] = device.index
-    return torch._inductor.aoti_load_package(str(path), **kwargs)
+    if load_pt2 is None:
+        return torch._inductor.aoti_load_package(str(path), **kwargs)
+    try:
+        runners = load_pt2(str(path), **kwargs).aoti_runners
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeportsError(f"AOTInductor could not load {path}: {first[:300]}") from e
+    if "model" not in runners:
+        raise EdgeportsError(f"{path} holds no AOTInductor model (found {sorted(runners)})")
+    return runners["model"]
 
 
 # ---- module protocol -------------------------------------------------------------------------------

@@ -103,3 +103,20 @@ def test_real_search_under_rlimit_as(tmp_path):
         assert len(store.records(mc.MAXCTX_TABLE, mc.MaxCtxRow)) == 2
     assert mc.run(config) == []  # stored: nothing to search again
     assert mc.describe(chunked) == ">= 8k (limit)"
+
+
+def test_cuda_budget_is_set_on_a_device_index(monkeypatch):
+    """`--device cuda` (no index) reaches torch's per-process fraction as the current device's index: torch
+    rejects a bare torch.device("cuda") there (seen on an H100: every maxctx probe failed at load)."""
+    import torch
+
+    from edgeports import worker
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: calls.append(("info", index)) or (0, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, index: calls.append(("fraction", round(fraction, 3), index)))
+    worker.apply_mem_budget(24 << 30, "cuda", 1 << 30)
+    worker.apply_mem_budget(40 << 30, "cuda:1", 1 << 30)
+    assert calls == [("info", 3), ("fraction", 0.3, 3), ("info", 1), ("fraction", 0.5, 1)]
