@@ -3,7 +3,7 @@ with the decode roofline, all measured in one run.
 
     python benchmarks/backends.py [--models llama-3.2-1b,mamba-2.8b,mamba2-2.7b] [--lens 1k,4k,16k]
                                   [--decode-lens 1k,16k] [--backends eager,compile-jit,compile-aot]
-                                  [--quick] [--budget-s 480] [--out backends.json]
+                                  [--quick] [--budget-s 480] [--out backends.json] [--jobs 5 --workdir DIR]
 
 Each model is built once (random weights, bf16, on the GPU) and handed to every backend. A backend is one
 function `setup_<name>(lm, args) -> (runner, setup_s, notes)` in BACKENDS (add yours there); its setup time
@@ -13,8 +13,10 @@ a sweep: warm-up excluded, median of repeats, device events. TTFT = prefill of L
 step after a prefill of the decode length. Decode roofline = (weight bytes + state bytes) / the device-to-
 device copy bandwidth measured in this run (bytes read + written per second, benchmarks/_bench.peaks);
 "%roof" = roofline time / TPOT. Ratios are eager's time over the backend's ("2.00x" = twice as fast).
-Compile and export times dominate the run (minutes per model for the 64-layer SSMs); `--budget-s` skips
-the (model, backend) setups that would start after that many seconds, so one call ends in time.
+Each non-eager backend is measured in a child process (--isolate, the default): a native crash there costs
+only that backend's numbers. Compile and export times dominate the run (minutes per model for the 64-layer
+SSMs): `--jobs N` runs them ahead in parallel workers, and `--budget-s` skips the (model, backend) setups
+that would start after that many seconds, so one call ends in time.
 """
 
 from __future__ import annotations
@@ -260,14 +262,20 @@ def run(args, results: dict) -> dict:
                 print(f"{name} {backend}: skipped (time budget)", flush=True)
                 continue
             try:
-                runner, setup_s, notes = BACKENDS[backend](lm, args)
-                if backend == "eager":
-                    reference = runner
-                r = bench_backend(lm, runner, reference or runner, args, pk["copy_gbs"])
-                res[backend] = {"setup_s": setup_s, **notes, **r}
+                if backend != "eager" and args.isolate:
+                    res[backend] = measure_in_child(args, name, backend, pk["copy_gbs"])
+                    if "error" in res[backend]:
+                        raise RuntimeError(res[backend]["error"])
+                    setup_s, r = res[backend]["setup_s"], res[backend]
+                else:
+                    runner, setup_s, notes = BACKENDS[backend](lm, args)
+                    if backend == "eager":
+                        reference = runner
+                    r = bench_backend(lm, runner, reference or runner, args, pk["copy_gbs"])
+                    res[backend] = {"setup_s": setup_s, **notes, **r}
+                    if runner is not reference:
+                        runner.close()
                 print(f"{name} {backend}: setup {setup_s:.0f} s, {r.get('parity', 'reference')}", flush=True)
-                if runner is not reference:
-                    runner.close()
             except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' numbers
                 res[backend] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
                 print(f"{name} {backend}: {res[backend]['error']}", flush=True)
@@ -282,6 +290,49 @@ def run(args, results: dict) -> dict:
     results["wall_s"] = time.perf_counter() - t_start
     _write(results, args.out)
     return results
+
+
+def measure_in_child(args, name: str, backend: str, copy_gbs: float) -> dict:
+    """Setup, parity and timings of one (model, backend) in a child process (--isolate): a native crash there
+    (AOTInductor's loader segfaulted on the H100) becomes this backend's error instead of the end of the run.
+    The child builds the model with the same seed (the same weights) and its own eager parity reference."""
+    record = Path(args.workdir) / f"measure-{name}-{args.dtype}-{backend}.json"
+    record.unlink(missing_ok=True)
+    log_path = record.with_suffix(".log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, __file__, *args.raw, "--workdir", args.workdir,
+                                 "--measure-one", name, backend, "--copy-gbs", str(copy_gbs)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted: the child goes with us
+                proc.kill()
+                proc.wait()
+    if record.exists():
+        rec = json.loads(record.read_text())
+        for key in ("prefill_ms", "decode_ms", "roofline_ms", "state_bytes"):  # JSON made the lengths strings
+            if key in rec:
+                rec[key] = {int(n): v for n, v in rec[key].items()}
+        return rec
+    tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:] or [""]
+    how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+    return {"error": f"the measuring process died ({how}); last output: {tail[0][:200]}"}
+
+
+def measure_one(args, name: str, backend: str) -> int:
+    """Child body (--measure-one): what run() does for one non-eager backend, into a record file."""
+    try:
+        lm = build_on_gpu(name, args.dtype)
+        reference, _, _ = setup_eager(lm, args)
+        runner, setup_s, notes = BACKENDS[backend](lm, args)
+        rec = {"setup_s": setup_s, **notes, **bench_backend(lm, runner, reference, args, args.copy_gbs)}
+        runner.close()
+    except Exception as e:  # noqa: BLE001 - recorded for the parent
+        rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+    path = Path(args.workdir) / f"measure-{name}-{args.dtype}-{backend}.json"
+    path.write_text(json.dumps(rec, default=str))
+    return 0
 
 
 def _write(results: dict, out: str | None) -> None:
@@ -347,6 +398,11 @@ def main(argv=None) -> int:
                         "later run with the same --workdir, models, dtype and lengths reuses them")
     p.add_argument("--prepare-only", action="store_true", help="with --jobs: prepare, then stop")
     p.add_argument("--prepare-one", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--measure-one", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--copy-gbs", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure each non-eager backend in a child process, so a native crash costs only that "
+                        "backend's numbers (the child rebuilds the model and its eager reference)")
     p.add_argument("--device", default="cuda", help="cuda; cpu only to dry-run this script on tiny models")
     args = p.parse_args(argv)
     global DEV
@@ -369,8 +425,11 @@ def main(argv=None) -> int:
            "--device", DEV]  # what a --jobs worker needs to prepare what this process will load
     args.lens, args.decode_lens = parse_lens(args.lens), parse_lens(args.decode_lens)
     args.max_len = max(args.lens + args.decode_lens) + args.steps
+    args.raw = raw
     if args.prepare_one:
         return prepare_one(args, *args.prepare_one)
+    if args.measure_one:
+        return measure_one(args, *args.measure_one)
     # a run killed by a time limit (SIGTERM) still prints what it measured (the JSON is written as it goes)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     results = {"args": vars(args), "models": {}}
