@@ -166,8 +166,9 @@ class Worker:
                 # the runner's weights (rounded to its dtype) computed in fp32: the check sees compute error only
                 lm = build_lm(self.spec, self.options, device=self.job["device"]).float()
             reference = EagerRunner(lm, self.job["device"])
-            ids = prompt_ids(self.spec.config["vocab_size"], 1, parity.PARITY_LEN, self.runner.device, seed=1)
-            result = parity.check(self.runner, reference, ids, chunk and min(chunk, parity.PARITY_LEN // 3),
+            length = parity.prompt_len(self.job.get("max_len"))
+            ids = prompt_ids(self.spec.config["vocab_size"], 1, length, self.runner.device, seed=1)
+            result = parity.check(self.runner, reference, ids, chunk and max(1, min(chunk, length // 3)),
                                   self.options.dtype)
         except Exception as e:  # a reference that cannot be built here is a note, not a failed cell
             return parity.Parity(True, None, f"not checked: {_one_line(e)}")

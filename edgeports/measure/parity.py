@@ -24,6 +24,14 @@ class Parity:
     text: str
 
 
+def prompt_len(max_len: int | None) -> int:
+    """The check's prompt length for a runner whose state holds `max_len` tokens: PARITY_LEN, or less where
+    the state is shorter (a static-shape artifact exported for a short sweep), leaving room for the decode step."""
+    if not max_len:
+        return PARITY_LEN
+    return max(2, min(PARITY_LEN, max_len - 1))
+
+
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     """max |x - ref| / max |ref|, in float64."""
     x, ref = x.double().cpu(), ref.double().cpu()

@@ -192,11 +192,14 @@ def test_unavailable_says_what_is_missing(monkeypatch):
     assert not ok and "onnxscript" in reason and "edgeports[onnx]" in reason
 
 
-def test_sweep_runs_onnx_with_parity_first(tmp_path):
+@pytest.mark.parametrize("lens", ["64", "16"])
+def test_sweep_runs_onnx_with_parity_first(tmp_path, lens):
+    """Parity runs before the timings, also in a sweep shorter than the check's usual 48-token prompt (the
+    graphs are exported for the sweep's max_len: the check then fits its prompt to it)."""
     from edgeports import sweep
     from edgeports.results import ResultStore
 
-    counts = sweep.run(sweep.SweepConfig(models=("tiny-llama",), backends="onnx", lens="64", device="cpu",
+    counts = sweep.run(sweep.SweepConfig(models=("tiny-llama",), backends="onnx", lens=lens, device="cpu",
                                          dtype="float32", decode_len=2, repeats=1, warmup=0, progress=False,
                                          prefill_modes=("full", "chunk:8"), db=str(tmp_path / "r.db")))
     assert counts == {"ok": 2}

@@ -29,3 +29,14 @@ def test_different_weights_fail_with_a_parity_reason():
     ids = torch.randint(0, 256, (1, 48), generator=torch.Generator().manual_seed(0))
     res = check(_runner(seed=1), _runner(seed=0), ids, None, "float32")
     assert not res.ok and res.text.startswith("parity: ") and res.max_err > TOLERANCE["float32"]
+
+
+def test_prompt_len_fits_the_state():
+    """Short sweeps (static-shape artifacts exported for a few dozen tokens) still get a parity check."""
+    from edgeports.measure.parity import PARITY_LEN, prompt_len
+
+    assert prompt_len(None) == PARITY_LEN
+    assert prompt_len(10_000) == PARITY_LEN
+    assert prompt_len(PARITY_LEN + 1) == PARITY_LEN
+    assert prompt_len(24) == 23  # one slot left for the decode step
+    assert prompt_len(2) == 2
