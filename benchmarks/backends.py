@@ -124,13 +124,20 @@ def _prep_file(args, name: str, backend: str) -> Path:
     return Path(args.workdir) / f"prep-{name}-{args.dtype}-{backend}.json"
 
 
-def _prepared(args, name: str, backend: str) -> dict | None:
-    """What a worker left for (model, backend): {"setup_s", "artifact"?, ...}; its error is raised here."""
+def _record(args, name: str, backend: str) -> dict | None:
+    """A worker's record for (model, backend) made for this run's max_len (a record without one predates the
+    key and is taken as it is), else None: an artifact for shorter prompts cannot be loaded for these."""
     f = _prep_file(args, name, backend)
     if not f.exists():
         return None
     rec = json.loads(f.read_text())
-    if "error" in rec:
+    return rec if rec.get("max_len", args.max_len) == args.max_len else None
+
+
+def _prepared(args, name: str, backend: str) -> dict | None:
+    """What a worker left for (model, backend): {"setup_s", "artifact"?, ...}; its error is raised here."""
+    rec = _record(args, name, backend)
+    if rec is not None and "error" in rec:
         raise RuntimeError(f"in the preparing worker: {rec['error']}")
     return rec
 
@@ -161,21 +168,34 @@ def prepare_one(args, name: str, backend: str) -> int:
         rec["setup_s"] = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - recorded; the measuring process reports it for this backend
         rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
-    _prep_file(args, name, backend).write_text(json.dumps(rec))
+    f = _prep_file(args, name, backend)
+    f.with_suffix(".tmp").write_text(json.dumps({**rec, "max_len": args.max_len}))
+    f.with_suffix(".tmp").replace(f)  # whole or absent, should the worker be killed
     return 0
 
 
 def prepare_all(args, argv: list[str]) -> None:
     """Run the (model, backend) preparations in up to args.jobs worker processes at once: compiles and exports
     are CPU-bound and single-model, so they overlap well; measurements stay sequential in this process."""
+    # no record for this max_len, or an error (of an earlier run in this workdir): prepared (again)
     todo = [(m, b) for m in args.models for b in args.backends
-            if b in PREPARE and not _prep_file(args, m, b).exists()]
+            if b in PREPARE and "error" in (_record(args, m, b) or {"error": None})]
     running: list[tuple[str, str, subprocess.Popen, float]] = []
     t_start = time.perf_counter()
+    try:
+        _run_workers(args, argv, todo, running, t_start)
+    finally:  # interrupted (SIGTERM, Ctrl-C): no worker outlives this process
+        for _, _, proc, _ in running:
+            proc.kill()
+            proc.wait()
+
+
+def _run_workers(args, argv: list[str], todo: list[tuple[str, str]], running: list, t_start: float) -> None:
+    """prepare_all's loop: start workers up to args.jobs, report each as it ends."""
     while todo or running:
         while todo and len(running) < args.jobs:
             name, backend = todo.pop(0)
-            log = open(Path(args.workdir) / f"prep-{name}-{args.dtype}-{backend}.log", "w")  # noqa: SIM115
+            _prep_file(args, name, backend).unlink(missing_ok=True)
             env = dict(os.environ)
             if backend != "compile-jit":  # JIT workers fill the shared caches that the measuring process reads
                 # a package is zipped from files in Inductor's cache: a concurrent compile of the same kernels
@@ -183,8 +203,9 @@ def prepare_all(args, argv: list[str]) -> None:
                 # in caches of their own
                 cache = Path(args.workdir) / f"cache-{name}-{backend}"
                 env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
-            proc = subprocess.Popen([sys.executable, __file__, *argv, "--prepare-one", name, backend],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+            with open(_prep_file(args, name, backend).with_suffix(".log"), "w") as log:  # the child keeps its own fd
+                proc = subprocess.Popen([sys.executable, __file__, *argv, "--prepare-one", name, backend],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env)
             running.append((name, backend, proc, time.perf_counter()))
         for item in list(running):
             name, backend, proc, t0 = item
@@ -421,8 +442,9 @@ def main(argv=None) -> int:
     if "eager" not in args.backends:
         args.backends.insert(0, "eager")  # every ratio and parity check needs it
     args.backends.sort(key=lambda b: b != "eager")
+    # what a --jobs worker needs to prepare what this process will load, and an --isolate child to measure
     raw = ["--dtype", args.dtype, "--lens", args.lens, "--decode-lens", args.decode_lens, "--steps", str(args.steps),
-           "--device", DEV]  # what a --jobs worker needs to prepare what this process will load
+           "--repeats", str(args.repeats), "--device", DEV]
     args.lens, args.decode_lens = parse_lens(args.lens), parse_lens(args.decode_lens)
     args.max_len = max(args.lens + args.decode_lens) + args.steps
     args.raw = raw

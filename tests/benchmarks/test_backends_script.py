@@ -1,0 +1,124 @@
+"""benchmarks/backends.py plumbing, without compiling anything: the child processes it starts get this run's
+settings, worker records are keyed by max_len, and no worker outlives an interrupted run."""
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "backends.py"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_backends_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod.signal, "signal", lambda *a: None)  # main() must not leave pytest a SIGTERM handler
+    return mod
+
+
+def _args_of(bench, monkeypatch, argv):
+    """The args namespace main() hands to run() for `argv`."""
+    seen = {}
+
+    def fake_run(args, results):
+        seen["args"] = args
+        return {**results, "wall_s": 0.0}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    assert bench.main(argv) == 0
+    return seen["args"]
+
+
+class FakeProc:
+    """A worker that never ends by itself."""
+
+    def __init__(self, argv, **kwargs):
+        self.argv, self.returncode, self.killed = argv, None, False
+
+    def poll(self):
+        return self.returncode
+
+    def kill(self):
+        self.killed, self.returncode = True, -9
+
+    def wait(self):
+        return self.returncode
+
+
+def test_isolated_child_measures_with_the_parents_settings(bench, monkeypatch, tmp_path):
+    parent = _args_of(bench, monkeypatch, ["--device", "cpu", "--models", "tiny-llama", "--lens", "64,96",
+                                           "--decode-lens", "64", "--steps", "5", "--repeats", "7",
+                                           "--dtype", "float32", "--workdir", str(tmp_path)])
+    started = []
+
+    def popen(argv, **kw):  # a child that exits at once without a record
+        started.append(argv)
+        proc = FakeProc(argv)
+        proc.returncode = 3
+        return proc
+
+    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    (tmp_path / "measure-tiny-llama-float32-compile-jit.log").write_text("")
+    rec = bench.measure_in_child(parent, "tiny-llama", "compile-jit", 1.0)
+    assert "died (exit 3)" in rec["error"]
+    child_argv = started[0][2:]  # after python and the script
+    seen = {}
+    monkeypatch.setattr(bench, "measure_one", lambda args, name, backend: seen.update(args=args) or 0)
+    assert bench.main(child_argv) == 0
+    child = seen["args"]
+    for key in ("repeats", "steps", "lens", "decode_lens", "dtype", "max_len", "workdir", "device"):
+        assert getattr(child, key) == getattr(parent, key), key
+    assert child.measure_one == ["tiny-llama", "compile-jit"] and child.copy_gbs == 1.0
+
+
+def test_worker_records_are_keyed_by_max_len(bench, monkeypatch, tmp_path):
+    args = _args_of(bench, monkeypatch, ["--device", "cpu", "--models", "tiny-llama", "--lens", "64",
+                                         "--decode-lens", "64", "--steps", "4", "--workdir", str(tmp_path)])
+    monkeypatch.setattr(bench, "build_on_gpu", lambda name, dtype: object())
+    monkeypatch.setitem(bench.PREPARE, "compile-aot", lambda lm, a: tmp_path / "artifact")
+    assert bench.prepare_one(args, "tiny-llama", "compile-aot") == 0
+    rec = bench._prepared(args, "tiny-llama", "compile-aot")
+    assert rec["artifact"] == str(tmp_path / "artifact") and rec["max_len"] == args.max_len == 68
+    longer = _args_of(bench, monkeypatch, ["--device", "cpu", "--models", "tiny-llama", "--lens", "512",
+                                           "--decode-lens", "64", "--steps", "4", "--workdir", str(tmp_path)])
+    assert bench._prepared(longer, "tiny-llama", "compile-aot") is None  # an artifact for 68 tokens: not reused
+    # prepare_all starts workers for that record and for an earlier run's error, none for a valid record
+    bench._prep_file(args, "tiny-llama", "ort-cuda").write_text(json.dumps({"error": "boom", "max_len": 68}))
+    started = []
+
+    def popen(argv, **kw):
+        started.append(tuple(argv[-2:]))
+        bench._prep_file(args, *argv[-2:]).write_text(json.dumps({"setup_s": 1.0, "max_len": 68}))
+        proc = FakeProc(argv)
+        proc.returncode = 0
+        return proc
+
+    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    args.backends = longer.backends = ["eager", "compile-aot", "ort-cuda"]
+    longer.jobs = args.jobs = 2
+    bench.prepare_all(args, [])
+    assert started == [("tiny-llama", "ort-cuda")]
+    started.clear()
+    bench.prepare_all(longer, [])
+    assert started == [("tiny-llama", "compile-aot"), ("tiny-llama", "ort-cuda")]
+
+
+def test_interrupted_preparation_kills_its_workers(bench, monkeypatch, tmp_path):
+    args = _args_of(bench, monkeypatch, ["--device", "cpu", "--models", "tiny-llama,tiny-mamba", "--lens", "64",
+                                         "--decode-lens", "64", "--workdir", str(tmp_path), "--backends", "compile-aot"])
+    args.jobs = 2
+    procs = []
+    monkeypatch.setattr(bench.subprocess, "Popen", lambda argv, **kw: procs.append(FakeProc(argv)) or procs[-1])
+
+    def interrupted(s):
+        raise KeyboardInterrupt  # what main's SIGTERM handler raises
+
+    monkeypatch.setattr(time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench.prepare_all(args, [])
+    assert len(procs) == 2 and all(p.killed for p in procs)
