@@ -157,6 +157,8 @@ def export_program(lm: LM, kind: str, batch: int, max_len: int) -> torch.export.
                  for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
         ep = torch.export.export(InPlaceStep(lm, kind), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
+    if ids_dims is not None:
+        _check_prefill_range(ep, max_len)
     return finite_op_args(ep)
 
 
@@ -164,11 +166,24 @@ def _prefill_len_dim(max_len: int):
     """L's dynamic dim. A hint (torch >= 2.7) lets torch.export keep guards that hold over the whole range as
     runtime checks, where a named Dim reports each as a violated constraint: on CUDA (torch 2.11, H100) the
     llama prefill gained `min(16*L, 32*L) == 16*L`, true for every L. A hint still fails the export if L
-    would be specialised to one value."""
+    would be specialised to one value, but it silently narrows L's range for a guard that holds over part of
+    it only: _check_prefill_range makes that an error too."""
     hint = getattr(torch.export.Dim, "DYNAMIC", None)
     if hint is not None and callable(hint):
         return hint(min=2, max=max_len)
     return torch.export.Dim("prefill_len", min=2, max=max_len)
+
+
+def _check_prefill_range(ep: torch.export.ExportedProgram, max_len: int) -> None:
+    """Raise unless the program takes every L in [2, max_len] (the manifest's prefill_len range)."""
+    name = ep.graph_signature.user_inputs[0]  # ids [B, L]
+    ids = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == name)
+    size = ids.meta["val"].shape[1]
+    if not isinstance(size, torch.SymInt):
+        raise ValueError(f"torch.export specialised the prompt length L to {size}")
+    vr = ep.range_constraints.get(size.node.expr)
+    if vr is not None and (int(vr.lower) > 2 or int(vr.upper) < max_len):
+        raise ValueError(f"torch.export narrowed the prompt length L to [{vr.lower}, {vr.upper}], not [2, {max_len}]")
 
 
 def _is_edgeports_op(node: torch.fx.Node) -> bool:
@@ -313,6 +328,7 @@ def reported(spec: ModelSpec, what: str) -> Iterator[None]:
 
 def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
     """Write a compile artifact: AOTInductor packages (mode aot) or the eager artifact (mode jit)."""
+    fuse, kinds = fuses(options), kinds_of(options)  # checked before any work, in both modes
     if mode_of(options) == "jit":
         from edgeports.exporters import eager
 
@@ -327,19 +343,21 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     if isinstance(source, LM):
         lm = source
         options = lm_options(lm, options, device=str(lm.head_device()))
-        if fuses(options) and has_unfused_projections(lm):
+        if fuse and has_unfused_projections(lm):
             lm = copy.deepcopy(lm)  # fusing renames weights: never change the caller's LM
     else:
         lm = build_lm(spec, options)
-    if fuses(options):
+    if fuse:
         fuse_projections(lm)
+    # what the weight names are, not what was asked: an LM handed in may come fused (a JIT runner's) with fuse off
+    fused_names = not has_unfused_projections(lm)
     lm.requires_grad_(False).eval()
     device = lm.head_device()
     batch, max_len = options.batch, options.max_len
     with stage(out_dir) as tmp:
         programs: dict[str, dict[str, Any]] = {}
         eps = []
-        for kind in kinds_of(options):
+        for kind in kinds:
             t = time.perf_counter()
             with reported(spec, f"torch.export of the {kind} program"):
                 ep = export_program(lm, kind, batch, max_len)
@@ -352,7 +370,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         constants = save_weights(eps, tmp / WEIGHTS_FILE)
         (tmp / PROGRAMS_FILE).write_text(json.dumps(
             {"programs": programs, "constants": constants, "weights": "shared" if _shares_weights(device) else "embedded",
-             "fused_projections": fuses(options)},
+             "fused_projections": fused_names},
             indent=1, sort_keys=True))
         dims = state_len_dims(lm, batch, max_len)
         layout = lm.state_layout(batch, max_len)

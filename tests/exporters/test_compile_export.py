@@ -10,17 +10,20 @@ import dataclasses
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from edgeports.errors import EdgeportsError
 from edgeports.exporters import compile as cexport
 from edgeports.exporters.base import ExportOptions, in_memory, read_artifact
 from edgeports.measure.parity import rel_err
-from edgeports.models import get_spec
+from edgeports.models import build, get_spec
 from edgeports.models.fuse import fuse_projections
 from edgeports.models.layers import mlp
+from edgeports.models.layers.attention import Attention
 from edgeports.runners import compile as crun
 from edgeports.runners import eager
 from edgeports.runners.base import Unsupported
@@ -265,5 +268,68 @@ def test_options_are_checked(tmp_path):
         cexport.export(spec, tmp_path / "a", ExportOptions(extra=(("mode", "fast"),)))
     with pytest.raises(EdgeportsError, match="max-len"):
         cexport.export(spec, tmp_path / "b", ExportOptions(max_len=4))
+    for mode in ("aot", "jit"):  # before any work in either mode: jit once wrote the artifact, load then failed
+        for key in ("fuse", "chunked"):
+            with pytest.raises(EdgeportsError, match=f"option {key} must be true or false, got 'maybe'"):
+                cexport.export(spec, tmp_path / f"{mode}-{key}", ExportOptions(extra=(("mode", mode), (key, "maybe"))))
+            assert not (tmp_path / f"{mode}-{key}").exists()
     ok, reason = cexport.available()
     assert ok, reason
+
+
+def test_unfused_export_through_the_runner(tmp_path):
+    """--opt fuse=false (a string, as the CLI gives it): separate q/k/v and gate/up weights in the packages,
+    which the runner runs and parity_reference rebuilds unfused."""
+    options = ExportOptions(dtype="float32", max_len=MAX_LEN, extra=(("chunked", False), ("fuse", "false")))
+    art = read_artifact(cexport.export(get_spec("tiny-llama"), tmp_path / "a", options).path, backend="compile")
+    meta = json.loads(art.file(cexport.PROGRAMS_FILE).read_text())
+    assert meta["fused_projections"] is False
+    assert any(".q_proj." in n for n in meta["constants"]) and not any("qkv_proj" in n for n in meta["constants"])
+    runner = crun.load(art, "cpu")
+    lm = crun.parity_reference(runner)
+    assert not any(isinstance(m, Attention) and m.fused_qkv for m in lm.modules())
+    ref = eager.load(in_memory("eager", art.spec, ExportOptions(dtype="float32")), "cpu")
+    ids = torch.randint(0, 256, (1, 21))
+    assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
+    assert rel_err(runner.decode(3), ref.decode(3)) < TOL
+
+
+def test_jit_artifact_passes_fuse_to_the_runner(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, fuse: seen.append(fuse))
+    for value, want in (("false", False), (None, True)):
+        extra = (("mode", "jit"),) + ((("fuse", value),) if value else ())
+        art = cexport.export(get_spec("tiny-llama"), tmp_path / str(value), ExportOptions(max_len=MAX_LEN, extra=extra))
+        crun.load(read_artifact(art.path, backend="compile"), "cpu")
+        assert seen.pop() is want
+
+
+def test_fused_lm_exported_with_fuse_off_records_fused_names(tmp_path, monkeypatch):
+    """An LM handed in already fused (a JIT runner's) with fuse=false: programs.json says what the weight
+    names are, so parity_reference fuses its rebuilt LM and finds every weight (packages not compiled here)."""
+    monkeypatch.setattr(cexport, "compile_package", lambda ep, path, *a, **k: path.write_bytes(b""))
+    lm = build(get_spec("tiny-llama"), dtype="float32", seed=3)
+    assert fuse_projections(lm) > 0
+    options = ExportOptions(max_len=MAX_LEN, seed=3, extra=(("chunked", False), ("fuse", False)))
+    art = read_artifact(cexport.export(lm, tmp_path / "a", options).path, backend="compile")
+    assert json.loads(art.file(cexport.PROGRAMS_FILE).read_text())["fused_projections"] is True
+    stored = load_file(str(art.file(cexport.WEIGHTS_FILE)))
+    runner = types.SimpleNamespace(artifact=art, device=torch.device("cpu"), weights=lambda: stored)
+    ref = crun.parity_reference(runner)
+    for name, p in lm.state_dict().items():
+        torch.testing.assert_close(ref.state_dict()[name], p, rtol=0, atol=0, msg=name)
+
+
+def test_prefill_length_range_is_checked(monkeypatch):
+    """Dim.DYNAMIC lets torch.export narrow L's range without an error; the exporter makes it one (the
+    manifest promises [2, max_len])."""
+    forward = cexport.InPlaceStep.forward
+
+    def narrowing(self, ids, *state):
+        torch._check(ids.shape[1] >= 4)
+        return forward(self, ids, *state)
+
+    lm = build(get_spec("tiny-llama"), dtype="float32")
+    monkeypatch.setattr(cexport.InPlaceStep, "forward", narrowing)
+    with pytest.raises(ValueError, match=r"narrowed the prompt length L to \[4, 64\], not \[2, 64\]"):
+        cexport.export_program(lm, "prefill", 1, MAX_LEN)
