@@ -182,7 +182,7 @@ def _check_prefill_range(ep: torch.export.ExportedProgram, max_len: int) -> None
     if not isinstance(size, torch.SymInt):
         raise ValueError(f"torch.export specialised the prompt length L to {size}")
     vr = ep.range_constraints.get(size.node.expr)
-    if vr is not None and (int(vr.lower) > 2 or int(vr.upper) < max_len):
+    if vr is not None and (vr.lower > 2 or vr.upper < max_len):  # sympy bounds (int() fails on int_oo)
         raise ValueError(f"torch.export narrowed the prompt length L to [{vr.lower}, {vr.upper}], not [2, {max_len}]")
 
 
