@@ -42,7 +42,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()[:500]
 
 
-def apply_mem_budget(budget: int | None, device: str, weight_bytes: int) -> None:
+def apply_mem_budget(budget: int | None, device: str, weight_bytes: int, allocates_with_torch: bool = True) -> None:
     """Cap what the loaded model may use from here on, so that weights + state + activations fit
     `budget` bytes: the torch allocator's per-process fraction on CUDA (weights are already in it);
     on the CPU RLIMIT_AS = current address space + budget - weights (imports, thread stacks and
@@ -57,6 +57,11 @@ def apply_mem_budget(budget: int | None, device: str, weight_bytes: int) -> None
     if budget < weight_bytes:
         raise MemoryError(f"the weights ({format_bytes(weight_bytes)}) exceed the memory budget ({format_bytes(budget)})")
     if device.startswith("cuda"):
+        if not allocates_with_torch:
+            from edgeports.runners.base import Unsupported
+
+            raise Unsupported("a CUDA --mem-budget is enforced through torch's allocator, and this backend "
+                              "allocates device memory outside it: the budget cannot be emulated for it")
         index = torch.device(device).index
         index = torch.cuda.current_device() if index is None else index  # the fraction call needs an index
         free, total = torch.cuda.mem_get_info(index)
@@ -135,7 +140,8 @@ class Worker:
         self.runner.decode(1)
         self.runner.reset()
         _release(job["device"])
-        apply_mem_budget(job.get("mem_budget"), job["device"], self.runner.weight_bytes)
+        apply_mem_budget(job.get("mem_budget"), job["device"], self.runner.weight_bytes,
+                         getattr(self.runner, "allocates_with_torch", True))
         return {"type": "ready", "export_s": artifact.export_s, "export_reused": int(reused), "load_s": load_s}
 
     def check_parity(self, chunk: int | None) -> Any:

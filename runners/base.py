@@ -133,6 +133,8 @@ class Runner(abc.ABC):
     dtype: torch.dtype
     weight_bytes: int = 0
     info: dict[str, Any]
+    # whether device memory comes from torch's caching allocator, where a CUDA --mem-budget is enforced
+    allocates_with_torch: bool = True
 
     @abc.abstractmethod
     def prefill(self, ids: torch.Tensor, chunk: int | None = None, max_len: int | None = None) -> torch.Tensor:

@@ -119,6 +119,7 @@ class OrtRunner(StepRunner):
     """prefill/decode through ONNX Runtime sessions of an onnx artifact."""
 
     backend = NAME
+    allocates_with_torch = False  # the CUDA EP's arena; its gpu_mem_limit is not wired to --mem-budget yet
 
     def __init__(self, artifact: Artifact, device: torch.device | str):
         super().__init__(device, torch_dtype(artifact.dtype))

@@ -101,6 +101,7 @@ class TrtRunner(StepRunner):
     """Runs a trt artifact's engines on one CUDA device."""
 
     backend = NAME
+    allocates_with_torch = False  # the engines' activation memory is TensorRT's own
 
     def __init__(self, artifact: Artifact, device: torch.device | str):
         from edgeports.exporters import plugin_build

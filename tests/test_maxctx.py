@@ -120,3 +120,17 @@ def test_cuda_budget_is_set_on_a_device_index(monkeypatch):
     worker.apply_mem_budget(24 << 30, "cuda", 1 << 30)
     worker.apply_mem_budget(40 << 30, "cuda:1", 1 << 30)
     assert calls == [("info", 3), ("fraction", 0.3, 3), ("info", 1), ("fraction", 0.5, 1)]
+
+
+def test_cuda_budget_refused_for_runners_outside_the_torch_allocator(monkeypatch):
+    """ORT's and TensorRT's device memory is their own: a CUDA budget set on torch's allocator would not bind
+    them, so the worker refuses (a skipped row) instead of reporting a max context the budget never limited."""
+    import torch
+
+    from edgeports import worker
+    from edgeports.runners.base import Unsupported
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *a: pytest.fail("budget applied"))
+    with pytest.raises(Unsupported, match="outside it"):
+        worker.apply_mem_budget(24 << 30, "cuda", 1 << 30, allocates_with_torch=False)
+    worker.apply_mem_budget(None, "cuda", 1 << 30, allocates_with_torch=False)  # no budget: nothing to refuse
