@@ -26,6 +26,16 @@ SSM lowering (options.extra["onnx_ssm"]):
 - "custom": the `edgeports::` custom ops stay opaque and become one `ai.edgeports` node each
   (exporters/onnx_custom.py documents the nodes); for the TensorRT plugins. ONNX Runtime cannot run it.
 
+Attention lowering (options.extra["onnx_attention"]):
+- "standard" (default): SDPA as torch.onnx lowers it (opset 23: one ONNX `Attention` node; 18: MatMul/
+  Softmax), the KV cache written with ScatterND. Every runtime (TensorRT's parser included) knows it.
+- "gqa": each attention of the transformer/hybrid archs (layers.attention.Attention) becomes one ONNX
+  Runtime contrib node com.microsoft.GroupQueryAttention reading past.<layer>.k/v and writing
+  present.<layer>.k/v in ORT's shared-buffer mode (exporters/onnx_custom.py has the contract); RoPE stays
+  outside. ONNX Runtime only (flash/memory-efficient kernels on its CUDA EP). Refused for attention that
+  is not that layer (Hymba's ring-buffer cores) and, with prefill_next.onnx, for batch > 1 (ORT continues
+  a prompt only at batch 1). A model without attention exports as with "standard".
+
 Other knobs (options.extra): onnx_opset (default 23: SDPA becomes ONNX `Attention`, RMSNorm
 `RMSNormalization`; at least 18, where both are decomposed), onnx_chunked (default true: also write
 prefill_next.onnx). Weights are always external data in one `weights.bin` shared by the three graphs
@@ -65,6 +75,7 @@ from edgeports.models import LM, ModelSpec
 NAME = "onnx"
 GRAPHS = ("prefill", "prefill_next", "decode")
 SSM_LOWERINGS = ("standard", "custom")
+ATTENTION_LOWERINGS = ("standard", "gqa")
 DEFAULT_OPSET = 23
 MIN_OPSET = 18
 TRACE_LEN = 37  # sample prompt length for tracing (prime: unlikely to coincide with a static dim)
@@ -84,6 +95,24 @@ def available() -> tuple[bool, str]:
 def ssm_lowering(options: ExportOptions) -> str:
     """options.extra["onnx_ssm"], checked."""
     return options.choice("onnx_ssm", "standard", SSM_LOWERINGS)
+
+
+def attention_lowering(options: ExportOptions) -> str:
+    """options.extra["onnx_attention"], checked."""
+    return options.choice("onnx_attention", "standard", ATTENTION_LOWERINGS)
+
+
+def kv_layers(lm: LM) -> int:
+    """How many KV caches (attention uses) the LM's state holds."""
+    return sum(1 for s in lm.state_layout(1, 2) if s.kind == "k")
+
+
+def gqa_applicable(lm: LM) -> bool:
+    """Whether onnx_attention=gqa has attention to lower in this LM: KV caches and layers.attention.Attention
+    layers (the export then checks that every KV cache got its GroupQueryAttention node)."""
+    from edgeports.models.layers.attention import Attention
+
+    return kv_layers(lm) > 0 and any(isinstance(m, Attention) for m in lm.modules())
 
 
 def opset(options: ExportOptions) -> int:
@@ -137,9 +166,10 @@ def cache_axes(lm: LM, batch: int, max_len: int) -> dict[str, tuple[int, int]]:
 
 
 def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_version: int, trace_len: int = TRACE_LEN,
-          cache: str = "static"):
+          cache: str = "static", attention: str = "standard"):
     """One graph of an LM -> an onnx_ir Model (not yet saved). cache="dynamic" makes the max_len axis of
-    the KV caches a graph dimension ("max_len", 2..max_len) instead of the constant max_len."""
+    the KV caches a graph dimension ("max_len", 2..max_len) instead of the constant max_len; attention="gqa"
+    lowers each Attention to one GroupQueryAttention node."""
     state = lm.new_state(batch, max_len, "cpu")
     length = 1 if graph == "decode" else min(trace_len, max_len)
     ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, length))
@@ -151,21 +181,25 @@ def trace(lm: LM, graph: str, batch: int, max_len: int, lowering: str, opset_ver
     state_dims = tuple({axes[s.name][0]: cache_dim + axes[s.name][1] if axes[s.name][1] else cache_dim}
                        if s.name in axes else None for s in layout)
     inputs, outputs = io_names(layout)
-    return to_onnx(Step(lm, graph), (ids, *state), (length_dim, state_dims), inputs, outputs, lowering, opset_version)
+    return to_onnx(Step(lm, graph), (ids, *state), (length_dim, state_dims), inputs, outputs, lowering, opset_version,
+                   attention)
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names: list[str], output_names: list[str],
-            lowering: str = "standard", opset_version: int = DEFAULT_OPSET):
+            lowering: str = "standard", opset_version: int = DEFAULT_OPSET, attention: str = "standard"):
     """torch.export (non-strict) + torch.onnx.export of any module calling edgeports.kernels -> onnx_ir Model.
 
     standard: the kernels are traced through their torch decomposition; custom: the edgeports:: custom ops
-    stay opaque and become ai.edgeports nodes (all inputs listed)."""
+    stay opaque and become ai.edgeports nodes (all inputs listed). attention="gqa": the module's Attention
+    layers trace as one edgeports_onnx custom op each, which becomes a com.microsoft GroupQueryAttention."""
     from edgeports import kernels
     from edgeports.exporters import onnx_custom
 
-    with _quiet(), kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad():
+    gqa = onnx_custom.gqa_attention(module) if attention == "gqa" else contextlib.nullcontext()
+    with _quiet(), kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad(), gqa:
         program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
-        table = onnx_custom.translation_table() if lowering == "custom" else None
+        table = {**(onnx_custom.translation_table() if lowering == "custom" else {}),
+                 **(onnx_custom.gqa_translation_table() if attention == "gqa" else {})} or None
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=input_names, output_names=output_names,
                                          opset_version=opset_version, custom_translation_table=table,
                                          optimize=False, verbose=False)
@@ -247,7 +281,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     t0 = time.perf_counter()
     spec = resolve_spec(source)
     lowering, opset_version, names = ssm_lowering(options), opset(options), graphs(options)
-    cache = cache_mode(options)
+    cache, attention = cache_mode(options), attention_lowering(options)
     if isinstance(source, LM):
         # trace a CPU copy: an ONNX graph has no device, and the caller keeps its model where it is
         on_cpu = next(source.parameters()).device.type == "cpu"
@@ -256,6 +290,8 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     else:
         lm = build_lm(spec, replace(options, device="cpu"), device="cpu")  # an ONNX graph has no device
     layout = lm.state_layout(options.batch, options.max_len)
+    if attention == "gqa":
+        attention = _check_gqa(lm, options, names)
     pairs = list(zip(*[n[1:] for n in io_names(layout)], strict=True))
     if lowering == "custom":
         onnx_custom.register_schemas()
@@ -264,7 +300,8 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         store = onnx_graph.WeightStore(tmp)
         for graph in names:
             t1 = time.perf_counter()
-            model = trace(lm, graph, options.batch, options.max_len, lowering, opset_version, cache=cache)
+            model = trace(lm, graph, options.batch, options.max_len, lowering, opset_version, cache=cache,
+                          attention=attention)
             onnx_graph.rename_dims(model, _dim_names(model, cache_axes(lm, options.batch, options.max_len)
                                                      if cache == "dynamic" else {}))
             store.externalize(model)
@@ -272,12 +309,18 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
             ir.save(model, path)
             onnx.checker.check_model(str(path), full_check=True)
             sig = onnx_graph.signature(model)
+            gqa_nodes = _count_domain(model, onnx_custom.MS_DOMAIN)
+            if gqa_nodes != (kv_layers(lm) if attention == "gqa" else 0):
+                raise EdgeportsError(f"onnx_attention=gqa: {graph}.onnx has {gqa_nodes} GroupQueryAttention nodes for "
+                                     f"{kv_layers(lm)} KV caches of arch {spec.arch}; export with onnx_attention=standard")
             info[graph] = {"file": path.name, **sig, "dynamic_axes": onnx_graph.dynamic_axes(sig),
                            "nodes": model.graph.num_nodes(), "custom_nodes": _count_domain(model),
+                           "attention_nodes": gqa_nodes,
                            "inplace": onnx_graph.inplace_slots(model, pairs), "export_s": time.perf_counter() - t1}
         store.write_index()
         ranges = {"batch": [options.batch, options.batch], "max_len": options.max_len,
                   "prefill_len": [1, options.max_len], "opset": opset_version, "onnx_ssm": lowering,
+                  "onnx_attention": attention,
                   "cache_axes": cache_axes(lm, options.batch, options.max_len) if cache == "dynamic" else {},
                   "weights_bytes": store.nbytes, "graphs": info}
         art = write_manifest(tmp, Path(out_dir), backend=NAME, spec=spec, options=options,
@@ -285,6 +328,20 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
                              versions=library_versions("onnx", "onnxscript", "onnx_ir"),
                              export_s=time.perf_counter() - t0)
     return art
+
+
+def _check_gqa(lm: LM, options: ExportOptions, names: tuple[str, ...]) -> str:
+    """The attention lowering to use for onnx_attention=gqa: "gqa", or "standard" for a model without KV
+    caches; EdgeportsError where GroupQueryAttention cannot express the model or the graphs."""
+    if kv_layers(lm) == 0:
+        return "standard"
+    if not gqa_applicable(lm):
+        raise EdgeportsError(f"onnx_attention=gqa: arch {lm.spec.arch} attends through layers other than "
+                             "layers.attention.Attention (e.g. ring-buffer KV caches); use onnx_attention=standard")
+    if options.batch > 1 and "prefill_next" in names:
+        raise EdgeportsError(f"onnx_attention=gqa with batch {options.batch}: ONNX Runtime's GroupQueryAttention "
+                             "continues a prompt (prefill_next.onnx) only at batch 1; add --opt onnx_chunked=false")
+    return "gqa"
 
 
 def _count_domain(model, domain: str = "ai.edgeports") -> int:

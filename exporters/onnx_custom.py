@@ -23,10 +23,29 @@ dt_bias of SelectiveStateUpdate in Mamba2) arrive materialised through an Expand
 The schemas are registered with onnx (`register_schemas()`), so onnx.checker validates every node's
 inputs, types and attributes; ONNX Runtime has no kernels for this domain (its runner refuses such
 an artifact unless a custom-op library is given).
+
+The attention lowering `onnx_attention=gqa` (exporters/onnx.py) goes through the same mechanism (a
+torch custom op kept opaque by torch.export, turned into one node by the translation table): each
+`Attention.attend` becomes one ONNX Runtime contrib node `com.microsoft.GroupQueryAttention` (version 1),
+with the inputs and attributes of ORT's ContribOperators contract that we use:
+
+    GroupQueryAttention(query [B,S,N*hd], key [B,S,Nkv*hd], value [B,S,Nkv*hd],
+                        past_key [B,Nkv,T,hd], past_value [B,Nkv,T,hd],
+                        seqlens_k int32 [B] (= tokens after this call - 1), total_sequence_length int32 [])
+        -> (output [B,S,N*hd], present_key [B,Nkv,T,hd], present_value [B,Nkv,T,hd])
+        attrs num_heads, kv_num_heads, scale, local_window_size (-1: none), do_rotary 0
+
+T is the KV cache length (max_len, or the per-prompt "max_len" of onnx_cache=dynamic), always >= the
+tokens after the call, so present has past's shape and may be past's buffer (ORT's shared-buffer mode:
+the new keys are written at positions seqlens_k - S + 1 ...). RoPE stays outside the node. ORT
+continues a prompt (S > 1 with past tokens) only at batch 1. Its CPU EP's local_window_size counts the
+keys a query sees, itself included (checked against `attention_mask`), as our sliding_window does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -166,3 +185,131 @@ def pad_inputs(model) -> int:
             if len(node.inputs) < n:
                 node.resize_inputs(n)
     return count
+
+
+# ---- com.microsoft.GroupQueryAttention (onnx_attention=gqa) ---------------------------------------------
+MS_DOMAIN, MS_VERSION = "com.microsoft", 1
+GQA = "GroupQueryAttention"
+GQA_INPUTS = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length")
+GQA_OUTPUTS = ("output", "present_key", "present_value")
+GQA_ATTRS = (("num_heads", "int"), ("kv_num_heads", "int"), ("scale", "float"), ("local_window_size", "int"),
+             ("do_rotary", "int"))
+_GQA_SCHEMA = ("(Tensor query, Tensor key, Tensor value, Tensor past_key, Tensor past_value, Tensor seqlens_k, "
+               "Tensor total_sequence_length, int num_heads, int kv_num_heads, float scale, int local_window_size)"
+               " -> (Tensor, Tensor, Tensor)")
+
+
+def register_gqa_schema() -> None:
+    """Register the subset of ORT's GroupQueryAttention schema we emit with onnx, so that onnx.checker
+    validates the nodes (onnx itself knows no com.microsoft ops)."""
+    from onnx import defs
+
+    if defs.has(GQA, MS_VERSION, MS_DOMAIN):
+        return
+    S = defs.OpSchema
+    single, optional = S.FormalParameterOption.Single, S.FormalParameterOption.Optional
+    types = {"seqlens_k": "M", "total_sequence_length": "M"}
+    inputs = [S.FormalParameter(n, types.get(n, "T"), "", param_option=optional if n in ("key", "value", "past_key",
+              "past_value") else single) for n in GQA_INPUTS]
+    outputs = [S.FormalParameter(n, "T", "", param_option=single if n == "output" else optional) for n in GQA_OUTPUTS]
+    kinds = {"int": S.AttrType.INT, "float": S.AttrType.FLOAT}
+    defs.register_schema(S(GQA, MS_DOMAIN, MS_VERSION, "ONNX Runtime contrib op (docs/ContribOperators.md)",
+                           inputs=inputs, outputs=outputs,
+                           type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+                                             ("M", ["tensor(int32)"], "")],
+                           attributes=[S.Attribute(n, kinds[k], "", required=n in ("num_heads", "kv_num_heads"))
+                                       for n, k in GQA_ATTRS]))
+
+
+@functools.cache
+def gqa_op():
+    """torch op edgeports_onnx::group_query_attention: GroupQueryAttention's contract (above), eager
+    implementation `gqa_reference`; registered on first use."""
+    import torch
+
+    op = torch.library.custom_op("edgeports_onnx::group_query_attention", gqa_reference, mutates_args=(),
+                                 schema=_GQA_SCHEMA)
+
+    @op.register_fake
+    def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, *attrs):
+        return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
+
+    return op
+
+
+def gqa_reference(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, num_heads: int,
+                  kv_num_heads: int, scale: float, local_window_size: int):
+    """GroupQueryAttention in torch (eager: reads seqlens_k on the host), per batch row b: the S new keys and
+    values go to positions seqlens_k[b] - S + 1 ... of copies of the caches, then the queries at those
+    positions attend causally (and within local_window_size keys, if > 0) over the cache."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeports.models.layers.attention import attention_mask
+
+    B, S, _ = query.shape
+    hd = past_key.shape[3]
+    present_key, present_value = past_key.clone(), past_value.clone()
+    keys = torch.arange(past_key.shape[2], device=query.device)
+    out = torch.empty_like(query)
+    for b in range(B):
+        positions = int(seqlens_k[b]) + 1 - S + torch.arange(S, device=query.device)
+        present_key[b].index_copy_(1, positions, key[b].view(S, kv_num_heads, hd).transpose(0, 1))
+        present_value[b].index_copy_(1, positions, value[b].view(S, kv_num_heads, hd).transpose(0, 1))
+        mask = attention_mask(positions, keys, local_window_size if local_window_size > 0 else None)
+        q = query[b].view(S, num_heads, hd).transpose(0, 1)
+        y = F.scaled_dot_product_attention(q, present_key[b], present_value[b], attn_mask=mask, scale=scale,
+                                           enable_gqa=num_heads != kv_num_heads)
+        out[b] = y.transpose(0, 1).reshape(S, num_heads * hd)
+    return out, present_key, present_value
+
+
+def group_query_attention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, num_heads,
+                          kv_num_heads, scale, local_window_size):
+    """edgeports_onnx::group_query_attention -> com.microsoft GroupQueryAttention."""
+    from onnxscript import values
+
+    op = getattr(values.Opset(MS_DOMAIN, MS_VERSION), GQA)
+    return op(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, num_heads=int(num_heads),
+              kv_num_heads=int(kv_num_heads), scale=float(scale), local_window_size=int(local_window_size),
+              do_rotary=0, _outputs=3)
+
+
+def gqa_attend(attn, q, k, v, states, ctx):
+    """`Attention.attend` through one GroupQueryAttention: q[B,H,L,hd], new k/v[B,Hkv,L,hd] (rotated), caches
+    [B,Hkv,T,hd] -> (y[B,L,H*hd], [present k, present v]). seqlens_k and total_sequence_length come from
+    ctx.pos and L inside the graph."""
+    import torch
+
+    B, H, L, hd = q.shape
+    total = (ctx.pos + L).to(torch.int32).reshape(())  # tokens in the cache after this call
+    seqlens = (total - 1).reshape(1).expand(B).contiguous()
+    y, k_cache, v_cache = gqa_op()(q.transpose(1, 2).reshape(B, L, H * hd), k.transpose(1, 2).reshape(B, L, -1),
+                                   v.transpose(1, 2).reshape(B, L, -1), states[0], states[1], seqlens, total,
+                                   H, attn.n_kv_heads, float(attn.scaling), attn.sliding_window or -1)
+    return y, [k_cache, v_cache]
+
+
+@contextlib.contextmanager
+def gqa_attention(module):
+    """Within: every `Attention` under `module` attends through `gqa_attend` (instance attribute over the
+    class method, removed on exit). Yields how many Attention modules were patched."""
+    from edgeports.models.layers.attention import Attention
+
+    layers = [m for m in module.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.attend = functools.partial(gqa_attend, m)
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            del m.attend
+
+
+def gqa_translation_table() -> dict:
+    """torch.onnx custom_translation_table entry for the GroupQueryAttention lowering."""
+    import torch
+
+    register_gqa_schema()
+    gqa_op()
+    return {torch.ops.edgeports_onnx.group_query_attention.default: group_query_attention}

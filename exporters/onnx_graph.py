@@ -26,6 +26,9 @@ ALIGN_BIG, ALIGN_BIG_TO = 1 << 20, 1 << 16
 # Ops that may write their output into their own input's buffer: element i is read before element i is
 # written and nothing else is read (ScatterND/ScatterElements skip their input copy when the buffers are one).
 INPLACE_SAFE = {"Add", "Sub", "Mul", "Div", "Where", "Identity", "ScatterND", "ScatterElements", "Neg", "Relu"}
+# Contrib ops whose contract lets an output share an input's buffer: {(domain, op_type): {input index: output
+# index}} (GroupQueryAttention: present_key/present_value in past_key/past_value's buffer, onnx_custom.py).
+SHARED_BUFFER = {("com.microsoft", "GroupQueryAttention"): {3: 1, 4: 2}}
 
 
 class WeightStore:
@@ -138,7 +141,8 @@ def inplace_slots(model, pairs: list[tuple[str, str]]) -> dict[str, bool]:
 
     True when every node that reads the input runs before the output's producer writes it (it is an
     ancestor of the producer through data edges, so any topological order runs it first) and the producer,
-    if it reads the input itself, is element-wise in place (INPLACE_SAFE). Readers inside subgraphs, an
+    if it reads the input itself, is element-wise in place (INPLACE_SAFE) or a contrib op whose contract lets
+    that output share that input's buffer (SHARED_BUFFER). Readers inside subgraphs, an
     output with no producer, or one produced by a subgraph node are refused (conservatively)."""
     graph = model.graph
     by_name = {v.name: v for v in graph.inputs}
@@ -152,9 +156,18 @@ def inplace_slots(model, pairs: list[tuple[str, str]]) -> dict[str, bool]:
         ok = producer is not None and producer in top and all(r in top for r in readers)
         if ok:
             before = _ancestors(producer)
-            ok = all(r in before or (r is producer and r.op_type in INPLACE_SAFE and r.domain == "") for r in readers)
+            ok = all(r in before or (r is producer and _may_share(r, value, out)) for r in readers)
         result[dst] = ok
     return result
+
+
+def _may_share(node, value, out) -> bool:
+    """May `node` write `out` into the buffer of its input `value`?"""
+    if node.domain == "" and node.op_type in INPLACE_SAFE:
+        return True
+    pairs = SHARED_BUFFER.get((node.domain, node.op_type), {})
+    uses = [i for i, v in enumerate(node.inputs) if v is value]
+    return len(uses) == 1 and pairs.get(uses[0]) is not None and node.outputs[pairs[uses[0]]] is out
 
 
 def _ancestors(node) -> set:
