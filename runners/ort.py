@@ -16,6 +16,8 @@ are updated in place; the other slots (e.g. `pos` where positions are read after
 advanced, a ring KV cache read before its write) alternate between two buffers (ping-pong).
 Prefill of a full prompt or of a first chunk runs prefill.onnx, later chunks prefill_next.onnx.
 
+Artifacts with the `gqa` attention lowering (com.microsoft.GroupQueryAttention nodes) run on stock ONNX
+Runtime; their KV caches are bound in place, which is the op's shared-buffer mode.
 Artifacts with the `custom` SSM lowering (ai.edgeports nodes, made for the TensorRT plugins) need a
 custom-op library implementing that domain: set EDGEPORTS_ORT_CUSTOM_OPS to its path; without it the
 runner refuses them (Unsupported). `layer_profile()` runs ORT's profiler (enable_profiling) and maps
@@ -141,6 +143,7 @@ class OrtRunner(StepRunner):
         used = self._graphs["prefill"].session.get_providers()
         self.info = {"provider": used[0], "providers": used, "onnxruntime": ort.__version__,
                      "graphs": sorted(self._graphs), "opset": ranges.get("opset"), "onnx_ssm": ranges.get("onnx_ssm"),
+                     "onnx_attention": ranges.get("onnx_attention", "standard"),
                      "cache": "dynamic" if self.cache_axes else f"static {self.max_len}", "shared_weights": len(self._weights),
                      "inplace_slots": {g: sum(x.inplace) for g, x in self._graphs.items()}}
 
