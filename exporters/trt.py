@@ -266,6 +266,9 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     library) + manifest."""
     import onnx
 
+    if dict(options.extra).get("onnx_attention", "standard") != "standard":  # the ONNX exporter checks the value
+        raise EdgeportsError("--opt onnx_attention=gqa emits ONNX Runtime's com.microsoft GroupQueryAttention, which "
+                             "TensorRT's ONNX parser does not know: export for trt without it")
     t0 = time.perf_counter()
     import_tensorrt()
     mode = options.choice("trt_ssm", "plugin", SSM_MODES)

@@ -238,3 +238,14 @@ def test_export_builds_engines_and_matches_eager(tmp_path, model, mode):
         torch.testing.assert_close(runner.prefill(ids, chunk=chunk), eager.prefill(ids, chunk=chunk),
                                    rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(runner.decode(4), eager.decode(4), rtol=1e-3, atol=1e-3)
+
+
+def test_gqa_attention_lowering_is_refused():
+    """TensorRT's parser has no com.microsoft ops: the onnx_attention=gqa lowering is an error, said up front."""
+    from edgeports.errors import EdgeportsError
+    from edgeports.exporters import trt as trt_export
+    from edgeports.exporters.base import ExportOptions
+    from edgeports.models import get_spec
+
+    with pytest.raises(EdgeportsError, match="GroupQueryAttention"):
+        trt_export.export(get_spec("tiny-llama"), "/nonexistent", ExportOptions(extra=(("onnx_attention", "gqa"),)))
