@@ -353,6 +353,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     fused_names = not has_unfused_projections(lm)
     lm.requires_grad_(False).eval()
     device = lm.head_device()
+    share = _shares_weights(device)
     batch, max_len = options.batch, options.max_len
     with stage(out_dir) as tmp:
         programs: dict[str, dict[str, Any]] = {}
@@ -363,13 +364,13 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
                 ep = export_program(lm, kind, batch, max_len)
             t_export = time.perf_counter() - t
             with reported(spec, f"AOTInductor compile of the {kind} program"):
-                compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device), _shares_weights(device))
+                compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device), share)
             programs[kind] = {"file": f"{kind}.pt2", "export_s": round(t_export, 3),
                               "compile_s": round(time.perf_counter() - t - t_export, 3), "ops": graph_ops(ep)}
             eps.append(ep)
         constants = save_weights(eps, tmp / WEIGHTS_FILE)
         (tmp / PROGRAMS_FILE).write_text(json.dumps(
-            {"programs": programs, "constants": constants, "weights": "shared" if _shares_weights(device) else "embedded",
+            {"programs": programs, "constants": constants, "weights": "shared" if share else "embedded",
              "fused_projections": fused_names},
             indent=1, sort_keys=True))
         dims = state_len_dims(lm, batch, max_len)

@@ -17,8 +17,8 @@ continuing-prefill and decode programs are compiled with `fullgraph=True` and L 
 dims marked dynamic, then warmed on a small state. Later calls run under the `fail_on_recompile`
 stance, so a call outside the compiled shapes is an error, not a silent compile inside a timed region.
 AOT loads the packages and, on the CPU, binds one copy of `weights.safetensors` to all of them
-(`load_constants(user_managed=True)`; CUDA packages embed their weights, see exporters/compile.py); it imports edgeports.kernels (the `edgeports::` ops the packages
-call) but no model code.
+(`load_constants(user_managed=True)`; CUDA packages embed their weights, see exporters/compile.py); it
+imports edgeports.kernels (the `edgeports::` ops the packages call) but no model code.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ class AotRunner(CompiledRunner):
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The artifact's weights file: the tensors the packages share, or (embedded weights) read now, on the
-        CPU, for a parity reference or a byte count."""
+        CPU, for a parity reference."""
         if self._weights is not None:
             return self._weights
         from safetensors.torch import load_file
