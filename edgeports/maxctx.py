@@ -2,7 +2,8 @@
 
 Per (model, backend, budget, prefill mode) the search runs prefill + decode probes of growing length in a
 sweep worker (edgeports.worker, the same process and protocol as `edgeports run`: the budget is applied
-inside it after loading, RLIMIT_AS on the CPU and the allocator's per-process fraction on CUDA), doubling
+inside it after loading, RLIMIT_AS on the CPU and the allocator's per-process fraction on CUDA, split with
+ONNX Runtime's capped arena for the onnx backend: edgeports.worker.apply_mem_budget), doubling
 from --start until a probe runs out of memory or --max-len is reached, then bisecting between the longest
 fit and the shortest failure until they are within the resolution. The worker is reused between probes
 and between the prefill modes of one (model, backend, budget) (it releases every cached block after a
@@ -12,7 +13,9 @@ rests on memory an earlier probe left behind (glibc keeps freed heap mapped, whi
 
 Besides the bisected answer each row carries a projection: a least-squares line of the allocator's reserved
 peak against length over the probes that fit, solved for the budget (CUDA only: on the CPU the budget limits
-address space, which no probe measures; None as well when memory does not grow with length). Rows go to the `maxctx` table of the results database.
+address space, which no probe measures; None as well when memory does not grow with length, and when part of
+the budget went to an allocator outside torch's, whose peak no probe reads: the projection text then records
+the split). Rows go to the `maxctx` table of the results database.
 """
 
 from __future__ import annotations
@@ -208,6 +211,7 @@ class _Prober:
         self.worker = None
         self.sent = 0
         self.dirty = False  # the worker has run out of memory before
+        self.split: dict[str, int] | None = None  # how the worker divided the budget (CUDA), from its ready message
         self.fresh_next = False
 
     def start_search(self) -> None:
@@ -223,6 +227,7 @@ class _Prober:
                                     self.logs / f"maxctx__{c.model}__{c.backend}.log")
         msg = self.worker.receive(self.config.load_timeout_s)
         if isinstance(msg, dict) and msg.get("type") == "ready":
+            self.split = msg.get("mem_split") or self.split
             return None
         if msg == "timeout":
             self.worker.kill()
@@ -339,7 +344,7 @@ def run(config: MaxCtxConfig, on_row: Callable[[MaxCtxRow], None] | None = None)
                         reason = None if s.stopped is None else \
                             f"{s.stopped.status} at {format_len(s.stopped.length)}: {s.stopped.reason}"
                     row = _row(cell, label, budget, config, s, status, reason, time.perf_counter() - t0,
-                               _key(cell, label, config, fp), fp)
+                               _key(cell, label, config, fp), fp, prober.split if prober else None)
                     store.add_records(MAXCTX_TABLE, [row], MAXCTX_KEY)
                     written.append(row)
                     if on_row:
@@ -353,10 +358,14 @@ def run(config: MaxCtxConfig, on_row: Callable[[MaxCtxRow], None] | None = None)
     return written
 
 
-def _row(cell, label, budget, config, s: Search, status, reason, seconds, key, fp) -> MaxCtxRow:
+def _row(cell, label, budget, config, s: Search, status, reason, seconds, key, fp, split=None) -> MaxCtxRow:
     gpu_total = fp.get("platform_gpu_memory_bytes")
     effective = budget if budget is not None else (int(gpu_total) if gpu_total else None)
     projected, how = project(s.probes, effective)
+    if split and split.get("outside_torch_bytes"):
+        projected, how = None, (f"none: the budget was split, {format_bytes(split['torch_bytes'])} for torch's allocator "
+                                f"+ {format_bytes(split['outside_torch_bytes'])} outside it (the backend's own arena), "
+                                "whose peak the probes do not read")
     at_max = next((p.peak for p in s.probes if p.length == s.fit and p.status == "ok"), None)
     cap = _round(config.max_len, GRANULE)
     return MaxCtxRow(

@@ -6,7 +6,7 @@ the protocol):
 
     parent -> {"model", "backend", "device", "dtype", "seed", "weights", "batch", "max_len",
                "prefill_modes", "mem_budget", "artifacts"}
-    worker -> {"type": "ready", "export_s", "export_reused", "load_s"}
+    worker -> {"type": "ready", "export_s", "export_reused", "load_s"[, "mem_split"]}  (mem_split: CUDA budgets)
            or {"type": "load_failed", "status": "error"|"oom"|"skipped", "reason"}  (then exits)
     parent -> {"id", "prompt_len", "decode_len", "prefill_mode", "repeats", "warmup", "profile"}   (repeated)
     worker -> {"type": "row", "id", "status", "reason", ...metric fields}
@@ -42,13 +42,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()[:500]
 
 
-def apply_mem_budget(budget: int | None, device: str, weight_bytes: int, allocates_with_torch: bool = True) -> None:
+def apply_mem_budget(budget: int | None, device: str, weight_bytes: int, runner=None) -> dict[str, int] | None:
     """Cap what the loaded model may use from here on, so that weights + state + activations fit
-    `budget` bytes: the torch allocator's per-process fraction on CUDA (weights are already in it);
-    on the CPU RLIMIT_AS = current address space + budget - weights (imports, thread stacks and
-    malloc arenas already mapped are not counted). Called after loading and a tiny warm-up."""
+    `budget` bytes. Called after loading and a tiny warm-up, with no state held.
+
+    CUDA: the budget is split between what the runner allocates outside torch and torch's caching
+    allocator. `runner.limit_memory(budget)` bounds the former and returns its share (0 for runners that
+    allocate only through torch; ONNX Runtime caps one shared arena at the budget minus torch's part, see
+    runners/ort.py; Unsupported for runners that cannot be bounded, e.g. TensorRT: a skipped row). Torch's
+    per-process fraction then caps its allocator at the rest (weights are already in it). Returns the split
+    {"budget", "torch_bytes", "outside_torch_bytes"}, which the worker records in runner_info.
+    CPU: RLIMIT_AS = current address space + budget - weights for the whole process, ONNX Runtime's arena
+    included (imports, thread stacks and malloc arenas already mapped are not counted); returns None."""
     if not budget:
-        return
+        return None
     import torch
 
     from edgeports.errors import EdgeportsError
@@ -57,16 +64,12 @@ def apply_mem_budget(budget: int | None, device: str, weight_bytes: int, allocat
     if budget < weight_bytes:
         raise MemoryError(f"the weights ({format_bytes(weight_bytes)}) exceed the memory budget ({format_bytes(budget)})")
     if device.startswith("cuda"):
-        if not allocates_with_torch:
-            from edgeports.runners.base import Unsupported
-
-            raise Unsupported("a CUDA --mem-budget is enforced through torch's allocator, and this backend "
-                              "allocates device memory outside it: the budget cannot be emulated for it")
+        outside = runner.limit_memory(budget) if runner is not None else 0
         index = torch.device(device).index
         index = torch.cuda.current_device() if index is None else index  # the fraction call needs an index
         free, total = torch.cuda.mem_get_info(index)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
-        return
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (budget - outside) / total), index)
+        return {"budget": budget, "torch_bytes": budget - outside, "outside_torch_bytes": outside}
     now = vm_size()
     if now is None:
         raise EdgeportsError("--mem-budget on the CPU needs /proc/self/status (Linux)")
@@ -140,9 +143,12 @@ class Worker:
         self.runner.decode(1)
         self.runner.reset()
         _release(job["device"])
-        apply_mem_budget(job.get("mem_budget"), job["device"], self.runner.weight_bytes,
-                         getattr(self.runner, "allocates_with_torch", True))
-        return {"type": "ready", "export_s": artifact.export_s, "export_reused": int(reused), "load_s": load_s}
+        split = apply_mem_budget(job.get("mem_budget"), job["device"], self.runner.weight_bytes, self.runner)
+        ready = {"type": "ready", "export_s": artifact.export_s, "export_reused": int(reused), "load_s": load_s}
+        if split:
+            self.runner.info["mem_split"] = split  # every row's runner_info says how the budget was divided
+            ready["mem_split"] = split
+        return ready
 
     def check_parity(self, chunk: int | None) -> Any:
         """Parity against eager fp32 with identical weights, once per prefill chunking."""

@@ -133,7 +133,8 @@ class Runner(abc.ABC):
     dtype: torch.dtype
     weight_bytes: int = 0
     info: dict[str, Any]
-    # whether device memory comes from torch's caching allocator, where a CUDA --mem-budget is enforced
+    # whether all device memory comes from torch's caching allocator, where a CUDA --mem-budget is enforced;
+    # a runner that sets False and cannot bound its own memory (limit_memory) has the budget refused
     allocates_with_torch: bool = True
 
     @abc.abstractmethod
@@ -162,6 +163,17 @@ class Runner(abc.ABC):
     def close(self) -> None:
         """Release what the runner holds. The default drops the state."""
         self.reset()
+
+    def limit_memory(self, budget: int) -> int:
+        """Bound the device memory this runner allocates outside torch's caching allocator so that, with
+        torch's part, the whole fits `budget` bytes (a CUDA --mem-budget; called once after loading, with no
+        state held). Returns the bytes granted outside torch; the caller caps torch's allocator at `budget`
+        minus that. The default: 0 when everything comes from torch, else Unsupported (the budget would
+        not bind the runner). A runner with its own allocator overrides this (runners/ort.py)."""
+        if self.allocates_with_torch:
+            return 0
+        raise Unsupported(f"a CUDA --mem-budget is enforced through torch's allocator, and backend {self.backend!r} "
+                          "allocates device memory outside it without a limit: the budget cannot be emulated for it")
 
 
 class StepRunner(Runner):

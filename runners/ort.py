@@ -16,6 +16,22 @@ are updated in place; the other slots (e.g. `pos` where positions are read after
 advanced, a ring KV cache read before its write) alternate between two buffers (ping-pong).
 Prefill of a full prompt or of a first chunk runs prefill.onnx, later chunks prefill_next.onnx.
 
+Memory budget (`--mem-budget` on CUDA, edgeports.worker.apply_mem_budget -> `limit_memory`): torch holds
+the weights and the state (IO binding binds torch tensors), ONNX Runtime's arena the graphs' intermediates.
+The split is fixed once, after loading: torch's part = what its allocator reserves with the weights and the
+state of the artifact's static max_len allocated (the state does not change size with the prompt), plus the
+per-run ids/logits and a rounding margin; the rest of the budget is ONE arena that all the sessions share
+(an ORT environment allocator, `session.use_env_allocators`), capped at that size (`max_mem` =
+`gpu_mem_limit`) and grown by exactly what is asked (kSameAsRequested: the default next-power-of-two growth
+would reserve chunks no tensor uses). The worker caps torch's allocator at its part (per-process fraction).
+So a cell that fits both caps fits the budget; one that would fit only by moving bytes between the parts is
+reported as not fitting (conservative by at most the margin and the arena's fragmentation). Artifacts with
+dynamic KV caches (onnx_cache=dynamic) change the state's size per prompt: no fixed split exists, refused.
+Sharing one arena between sessions is safe because they all run on torch's current stream, one after the
+other. The environment arena outlives the sessions (one per device per process: a worker's one budget). An
+allocation failure inside ONNX Runtime (the arena's limit, cudaMalloc, the CPU allocator under RLIMIT_AS)
+is raised as MemoryError, so it is an `oom` row like torch's (`oom_message` reads ORT's error text).
+
 Artifacts with the `gqa` attention lowering (com.microsoft.GroupQueryAttention nodes) run on stock ONNX
 Runtime; their KV caches are bound in place, which is the op's shared-buffer mode.
 Artifacts with the `custom` SSM lowering (ai.edgeports nodes, made for the TensorRT plugins) need a
@@ -26,9 +42,11 @@ node times onto the op categories of edgeports.measure.ops.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +71,15 @@ NAME = "onnx"
 CAPS = Capabilities(devices=("cpu", "cuda"), dtypes=DTYPES, prefill_modes=("full", "chunk"))
 CUSTOM_OPS_ENV = "EDGEPORTS_ORT_CUSTOM_OPS"
 _CONTROL_FLOW = ("Scan", "Loop", "If")
+ARENA_EXTEND = "kSameAsRequested"  # the arena grows by what is asked, not to the next power of two
+TORCH_MARGIN = 32 << 20  # torch's caching allocator rounds blocks up (2 MiB segments): slack for its part
+# ORT's wording of an allocation failure: its arena's limit (bfc_arena.cc), a failed device or host allocation
+_OOM_TEXT = re.compile(r"Available memory of \d+ is smaller than requested bytes of \d+"
+                       r"|Failed to allocate memory for requested buffer of size \d+"
+                       r"|CUDA failure 2: out of memory|cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED"
+                       r"|CUDNN_STATUS_ALLOC_FAILED|std::bad_alloc|\bout of memory\b", re.IGNORECASE)
+_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+_ENV_ARENAS: dict[str, int] = {}  # "cuda:0" -> max_mem of the environment arena registered in this process
 _TORCH_DTYPES = {"float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64,
                  "int64": torch.int64, "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
                  "bool": torch.bool}
@@ -97,6 +124,49 @@ def providers(device: torch.device) -> list:
                                        "cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
 
 
+def budget_arena(provider_options: dict[str, str], arena_bytes: int) -> tuple[dict[str, str], dict[str, int]]:
+    """The CUDA EP options and the shared arena's OrtArenaCfg for an ORT arena capped at `arena_bytes`:
+    both carry the cap (gpu_mem_limit / max_mem) and kSameAsRequested growth (arena_extend_strategy 1)."""
+    if arena_bytes <= 0:
+        raise ValueError(f"an ONNX Runtime arena needs a positive size, not {arena_bytes}")
+    options = {**provider_options, "gpu_mem_limit": str(arena_bytes), "arena_extend_strategy": ARENA_EXTEND}
+    return options, {"max_mem": arena_bytes, "arena_extend_strategy": 1}
+
+
+def oom_message(text: str) -> str | None:
+    """One line for an ONNX Runtime error that is an allocation failure (None for any other error):
+    'Failed to allocate memory for requested buffer of size 1032192 (Einsum node_einsum_1)'."""
+    found = _OOM_TEXT.search(text)
+    if found is None:
+        return None
+    node = _NODE.search(text)
+    return found.group(0) + (f" ({node.group(1)} {node.group(2)})" if node else "")
+
+
+def _oom_or_raise(e: Exception, what: str) -> None:
+    """Re-raise an ORT allocation failure as MemoryError (an `oom` row, as torch's OOM); return otherwise."""
+    message = oom_message(str(e))
+    if message is not None:
+        raise MemoryError(f"ONNX Runtime ({what}): {message}") from e
+
+
+def _register_env_arena(device: torch.device, provider_options: dict[str, str], cfg: dict[str, int]) -> None:
+    """Register the environment arena all sessions on `device` share (ORT keeps it for the process)."""
+    ort = _ort()
+    index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else 0
+    key = f"{device.type}:{index}"
+    if key in _ENV_ARENAS:
+        if _ENV_ARENAS[key] != cfg["max_mem"]:
+            raise Unsupported(f"ONNX Runtime's shared arena for {key} was registered with max_mem {_ENV_ARENAS[key]} "
+                              "in this process and cannot change (one budget per worker process)")
+        return
+    info = ort.OrtMemoryInfo("Cuda" if device.type == "cuda" else "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR,
+                             index, ort.OrtMemType.DEFAULT)
+    provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+    ort.create_and_register_allocator_v2(provider, info, provider_options, ort.OrtArenaCfg(cfg))
+    _ENV_ARENAS[key] = cfg["max_mem"]
+
+
 @dataclass
 class _State:
     """The state buffers: `cur` per slot (layout order, pos last) and a second buffer per ping-pong slot."""
@@ -121,7 +191,8 @@ class OrtRunner(StepRunner):
     """prefill/decode through ONNX Runtime sessions of an onnx artifact."""
 
     backend = NAME
-    allocates_with_torch = False  # the CUDA EP's arena; its gpu_mem_limit is not wired to --mem-budget yet
+    allocates_with_torch = False  # ORT's arena; limit_memory caps it under a budget
+    arena_bytes = 0  # the shared arena's cap once limit_memory ran (0: each session's own, unlimited)
 
     def __init__(self, artifact: Artifact, device: torch.device | str):
         super().__init__(device, torch_dtype(artifact.dtype))
@@ -174,6 +245,8 @@ class OrtRunner(StepRunner):
         if profile_dir is not None:
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(profile_dir) / name)
+        if self.arena_bytes:
+            so.add_session_config_entry("session.use_env_allocators", "1")  # the one capped arena
         if self._custom_ops:
             so.register_custom_ops_library(self._custom_ops)
         for init in onnx.load(str(path), load_external_data=False).graph.initializer:
@@ -182,6 +255,7 @@ class OrtRunner(StepRunner):
         try:
             return ort.InferenceSession(str(path), so, providers=self._providers)
         except Exception as e:
+            _oom_or_raise(e, f"creating the {name} session")
             if type(e).__name__ == "NotImplemented":  # no kernel for an op at this dtype on this provider
                 raise Unsupported(f"ONNX Runtime ({self._provider_name()}) cannot run this {self.artifact.dtype} "
                                   f"graph: {str(e).splitlines()[0]}") from None
@@ -193,6 +267,50 @@ class OrtRunner(StepRunner):
         inputs, outputs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
         inplace = [bool(meta["inplace"].get(o)) for o in outputs[1:]]
         return _Graph(sess, sess.io_binding(), inputs, outputs, inplace)
+
+    def limit_memory(self, budget: int) -> int:
+        """Split `budget` between torch (weights, state, per-run ids/logits) and one ONNX Runtime arena
+        capped at the rest, shared by new sessions (see the module docstring); returns the arena's bytes.
+        Used for CUDA budgets; on the CPU it caps the CPU EP's arena the same way (the worker bounds CPU
+        budgets with RLIMIT_AS instead, so it only calls this on CUDA)."""
+        from edgeports.measure.memory import format_bytes
+
+        if self.cache_axes:
+            raise Unsupported("this onnx artifact has dynamic KV caches (onnx_cache=dynamic), whose size changes with "
+                              "the prompt: a --mem-budget cannot be split once between torch's state and ONNX Runtime's "
+                              "arena; export with static caches")
+        torch_part = self._torch_part()
+        arena = budget - torch_part
+        if arena <= 0:
+            raise MemoryError(f"weights + state for max_len {self.max_len} ({format_bytes(torch_part)}) leave nothing of "
+                              f"the budget ({format_bytes(budget)}) for ONNX Runtime's arena")
+        base = self._providers[0][1] if isinstance(self._providers[0], tuple) else {}
+        options, cfg = budget_arena(base, arena)
+        self._graphs = {}
+        gc.collect()  # the unlimited sessions and their arenas go before the capped arena is made
+        allocator_options = {k: v for k, v in options.items() if k in ("device_id", "gpu_mem_limit", "arena_extend_strategy")}
+        _register_env_arena(self.device, allocator_options, cfg)
+        self.arena_bytes = arena
+        if self.device.type == "cuda":
+            self._providers = [("CUDAExecutionProvider", options), *self._providers[1:]]
+        self._graphs = {name: self._graph(name) for name in self.artifact.shape_ranges["graphs"]}
+        self.info["ort_arena"] = {"max_mem": arena, "shared_by": sorted(self._graphs), "extend": ARENA_EXTEND,
+                                  "torch_part": torch_part, "torch_margin": TORCH_MARGIN}
+        return arena
+
+    def _torch_part(self) -> int:
+        """Bytes torch's allocator needs for any cell: weights + the state (allocated here to read the allocator's
+        rounding on CUDA) + per-run ids at max_len and logits (with greedy's argmax) + TORCH_MARGIN."""
+        with torch.inference_mode():
+            state = self.new_state(self.batch, self.max_len)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                held = torch.cuda.memory_reserved(self.device)
+            else:
+                held = self.weight_bytes + sum(t.numel() * t.element_size() for t in state.cur + list(state.spare.values()))
+            del state
+        per_run = 2 * self.batch * (self.max_len * 8 + self.artifact.spec.config["vocab_size"] * 4)
+        return held + per_run + TORCH_MARGIN
 
     def _provider_name(self) -> str:
         p = self._providers[0]
@@ -248,7 +366,11 @@ class OrtRunner(StepRunner):
         for i, (src, dst, inplace) in enumerate(zip(g.inputs[1:], g.outputs[1:], g.inplace, strict=True)):
             self._bind(g, src, state.cur[i], True)
             self._bind(g, dst, state.cur[i] if inplace else state.spare[i], False)
-        g.session.run_with_iobinding(g.binding, self._run_options)
+        try:
+            g.session.run_with_iobinding(g.binding, self._run_options)
+        except Exception as e:
+            _oom_or_raise(e, name)
+            raise
         for i, inplace in enumerate(g.inplace):
             if not inplace:
                 state.cur[i], state.spare[i] = state.spare[i], state.cur[i]

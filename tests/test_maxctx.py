@@ -122,15 +122,68 @@ def test_cuda_budget_is_set_on_a_device_index(monkeypatch):
     assert calls == [("info", 3), ("fraction", 0.3, 3), ("info", 1), ("fraction", 0.5, 1)]
 
 
+class _OwnMemory:
+    """A runner stand-in with memory outside torch's allocator; `grants` None: cannot bound it (TensorRT)."""
+
+    allocates_with_torch = False
+    backend = "stand-in"
+
+    def __init__(self, grants=None):
+        self.grants, self.asked = grants, []
+
+    def limit_memory(self, budget):
+        from edgeports.runners.base import Runner
+
+        self.asked.append(budget)
+        return self.grants if self.grants is not None else Runner.limit_memory(self, budget)
+
+
 def test_cuda_budget_refused_for_runners_outside_the_torch_allocator(monkeypatch):
-    """ORT's and TensorRT's device memory is their own: a CUDA budget set on torch's allocator would not bind
-    them, so the worker refuses (a skipped row) instead of reporting a max context the budget never limited."""
+    """TensorRT's device memory is its own and has no limit here: a CUDA budget set on torch's allocator would
+    not bind it, so the worker refuses (a skipped row) instead of reporting a max context the budget never
+    limited. Runner.limit_memory's default is that refusal; torch-only runners get 0 and the whole budget."""
     import torch
 
     from edgeports import worker
     from edgeports.runners.base import Unsupported
 
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *a: pytest.fail("budget applied"))
-    with pytest.raises(Unsupported, match="outside it"):
-        worker.apply_mem_budget(24 << 30, "cuda", 1 << 30, allocates_with_torch=False)
-    worker.apply_mem_budget(None, "cuda", 1 << 30, allocates_with_torch=False)  # no budget: nothing to refuse
+    with pytest.raises(Unsupported, match="outside it without a limit"):
+        worker.apply_mem_budget(24 << 30, "cuda", 1 << 30, _OwnMemory())
+    assert worker.apply_mem_budget(None, "cuda", 1 << 30, _OwnMemory()) is None  # no budget: nothing to refuse
+
+
+def test_cuda_budget_split_with_a_runner_that_limits_its_own_memory(monkeypatch):
+    """A runner that bounds its own allocator (ONNX Runtime's arena) takes its share first; torch's fraction
+    caps the allocator at the rest, and the split is returned for the rows."""
+    import torch
+
+    from edgeports import worker
+
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (0, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, index: fractions.append(f))
+    runner = _OwnMemory(grants=6 << 30)
+    split = worker.apply_mem_budget(24 << 30, "cuda", 1 << 30, runner)
+    assert runner.asked == [24 << 30]
+    assert split == {"budget": 24 << 30, "torch_bytes": 18 << 30, "outside_torch_bytes": 6 << 30}
+    assert fractions == [pytest.approx(18 / 80)]
+
+def test_a_split_budget_has_no_projection_and_records_the_split():
+    """With part of the budget in ONNX Runtime's arena, the allocator peaks the probes report cover torch's part
+    only: a line through them solved for the whole budget would overstate the context, so the row gives none
+    and says how the budget was divided."""
+    from edgeports.sweep import Cell
+
+    cell = Cell(model="tiny-mamba2", arch="mamba2", family="ssm", backend="onnx", device="cuda", dtype="float16",
+                batch=1, prompt_len=8192, decode_len=4, prefill_mode="full", mem_budget=8 << 30)
+    s = mc.Search(probes=[mc.Probe(1024, "ok", 3 << 30), mc.Probe(2048, "ok", 4 << 30), mc.Probe(4096, "oom")],
+                  fit=2048, fail=4096)
+    config = mc.MaxCtxConfig(models=("tiny-mamba2",), max_len=8192)
+    plain = mc._row(cell, "8GiB", 8 << 30, config, s, "ok", None, 1.0, "k", {})
+    assert plain.projected_ctx is not None  # torch-only: the line is solved for the budget
+    split = {"budget": 8 << 30, "torch_bytes": 5 << 30, "outside_torch_bytes": 3 << 30}
+    row = mc._row(cell, "8GiB", 8 << 30, config, s, "ok", None, 1.0, "k", {}, split)
+    assert row.projected_ctx is None and "5.0 GiB for torch" in row.projection and "3.0 GiB outside" in row.projection
+    assert row.max_ctx == 2048 and row.fail_ctx == 4096
