@@ -133,21 +133,29 @@ def test_maxctx_onnx_on_the_cpu_under_rlimit_as(onnx_maxctx):
     assert row.projected_ctx is None  # the CPU: RLIMIT_AS bounds address space, no allocator peak to fit
 
 
-def _capped_arena_child(artifact_dir: str) -> dict:
+def _capped_arena_child(artifact_dir: str, device: str, arena_bytes: int, long_len: int) -> dict:
     """In a fresh process: the unlimited runner's logits, then the same runner with its sessions remade on one
-    CPU arena capped at 4 MiB (limit_memory with a budget of torch's part + 4 MiB)."""
+    arena capped at `arena_bytes` (a budget of torch's part + that). On CUDA through the worker's
+    apply_mem_budget (which also caps torch's allocator); on the CPU through limit_memory alone (the worker
+    would set RLIMIT_AS there instead)."""
     import torch
 
     from edgeports.exporters.base import read_artifact
     from edgeports.measure.cell import prompt_ids
     from edgeports.runners import ort
 
-    runner = ort.load(read_artifact(artifact_dir, backend="onnx"), "cpu")
+    runner = ort.load(read_artifact(artifact_dir, backend="onnx"), device)
     vocab = runner.artifact.spec.config["vocab_size"]
-    short, long = prompt_ids(vocab, 1, 32, runner.device, seed=3), prompt_ids(vocab, 1, 2048, runner.device, seed=3)
+    short = prompt_ids(vocab, 1, 32, runner.device, seed=3)
+    long = prompt_ids(vocab, 1, long_len, runner.device, seed=3)
     reference = (runner.prefill(short).clone(), runner.decode(4).clone())
     runner.reset()
-    arena = runner.limit_memory(runner._torch_part() + (4 << 20))
+    worker._release(device)
+    budget = runner._torch_part() + arena_bytes
+    if runner.device.type == "cuda":
+        split = worker.apply_mem_budget(budget, device, runner.weight_bytes, runner)
+    else:
+        split = {"outside_torch_bytes": runner.limit_memory(budget)}
     capped = (runner.prefill(short), runner.decode(4))
     runner.reset()
     try:
@@ -157,21 +165,40 @@ def _capped_arena_child(artifact_dir: str) -> dict:
         failure = (worker._status(e), worker._reason(e))
     runner.reset()
     again = runner.prefill(short)  # the arena is usable after a failed run
-    return {"arena": arena, "info": runner.info["ort_arena"], "failure": failure,
+    return {"arena": split["outside_torch_bytes"], "info": runner.info["ort_arena"], "failure": failure,
+            "provider": runner.info["provider"],
             "same": [torch.equal(a, b) for a, b in zip(reference, capped, strict=True)] + [torch.equal(again, reference[0])]}
+
+
+def _check_capped_arena(artifacts: Path, device: str, arena_bytes: int, long_len: int) -> dict:
+    (manifest,) = Path(artifacts).glob("onnx/*/manifest.json")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        out = pool.apply(_capped_arena_child, (str(manifest.parent), device, arena_bytes, long_len))
+    assert out["arena"] == arena_bytes
+    assert out["info"]["max_mem"] == arena_bytes and out["info"]["extend"] == "kSameAsRequested"
+    assert out["info"]["shared_by"] == ["decode", "prefill", "prefill_next"]
+    assert out["same"] == [True, True, True]
+    assert out["failure"] is not None, f"a {long_len}-token prefill fit an arena of {arena_bytes} bytes"
+    status, reason = out["failure"]
+    assert status == "oom" and reason.startswith("out of memory: ONNX Runtime (prefill): "), reason
+    return out
 
 
 def test_capped_shared_arena_on_the_cpu(onnx_maxctx):
     """The CUDA budget's mechanism on the CPU EP: every session of the runner shares one arena capped at the
     budget minus torch's part. A 32-token prefill + decode fits 4 MiB with logits identical to the unlimited
     sessions'; a 2048-token prefill (~13 MB of activations) fails as out of memory, and the runner goes on."""
-    _, artifacts = onnx_maxctx
-    (manifest,) = Path(artifacts).glob("onnx/*/manifest.json")
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        out = pool.apply(_capped_arena_child, (str(manifest.parent),))
-    assert out["arena"] == 4 << 20
-    assert out["info"]["max_mem"] == 4 << 20 and out["info"]["extend"] == "kSameAsRequested"
-    assert out["info"]["shared_by"] == ["decode", "prefill", "prefill_next"]
-    assert out["same"] == [True, True, True]
-    status, reason = out["failure"]
-    assert status == "oom" and reason.startswith("out of memory: ONNX Runtime (prefill): Available memory of")
+    out = _check_capped_arena(onnx_maxctx[1], "cpu", 4 << 20, 2048)
+    assert "Available memory of" in out["failure"][1]  # the arena's own limit, not the process running out
+
+
+@pytest.mark.gpu
+def test_capped_shared_arena_on_cuda(onnx_maxctx):
+    """The same on the CUDA EP (onnxruntime-gpu), through the worker's split: a 16 MiB arena; a 4000-token
+    prefill needs ~26 MB of activations."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    out = _check_capped_arena(onnx_maxctx[1], "cuda", 16 << 20, 4000)
+    assert out["provider"] == "CUDAExecutionProvider"
