@@ -17,8 +17,8 @@
 
 Dynamic L (torch.export with a Dim for L, min 1): chunking a symbolic L is written so that export need
 not prove anything about L % T, which its solver cannot (see _num_chunks and _chunk). Verified on torch
-2.13: export with L dynamic from 1, and the dynamo ONNX export run by onnxruntime, match `ref` at L = 1,
-5, T, T+1, 300.
+2.13 and 2.11, with and without the opt_einsum package (see ssd_chunk_scan): export with L dynamic from 1,
+and the dynamo ONNX export run by onnxruntime, match `ref` at L = 1, 5, T, T+1, 300.
 """
 
 from __future__ import annotations
@@ -220,7 +220,13 @@ def _segsum(x: torch.Tensor) -> torch.Tensor:
 def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_min=0.0,
                    dt_max=float("inf"), initial_state=None):
     """Mamba2 SSD, loop-free. Heads are split as (G groups, R = H/G heads per group) so B and C are never
-    expanded to heads."""
+    expanded to heads.
+
+    Every einsum has two operands: with three or more, torch.einsum asks opt_einsum (when that package is
+    installed) for a contraction order, and opt_einsum needs every size as an int, which under export fails
+    on the opaque chunk count ("GuardOnDataDependentSymNode ... u0") and would specialise a dynamic L. The
+    pairs are the left-to-right order torch.einsum takes without opt_einsum (bit for bit the same on the CPU).
+    """
     bt, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     R = H // G
@@ -243,7 +249,8 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
     y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, X)
     # 2. each chunk's own end state (from zero)
     decay_to_end = torch.exp(a_cs[..., -1:] - a_cs).reshape(grp)  # [Bt,G,R,c,T]
-    states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_to_end, X)  # [Bt,c,G,R,P,N]
+    BD = torch.einsum("bclgn,bgrcl->bcgrnl", Bc, decay_to_end)  # [Bt,c,G,R,N,T]: a product, nothing summed
+    states = torch.einsum("bcgrnl,bclgrp->bcgrpn", BD, X)  # [Bt,c,G,R,P,N]
     # 3. pass states across chunks with a [c+1, c+1] decay matrix (entry 0 is the initial state)
     h0 = initial_state.float() if initial_state is not None else xf.new_zeros((bt, H, P, N))
     states = torch.cat([h0.reshape(bt, 1, G, R, P, N), states], dim=1)
@@ -251,7 +258,8 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
     states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)  # [Bt,c+1,G,R,P,N]
     final = states[:, -1].reshape(bt, H, P, N)
     # 4. the state entering each chunk, decayed to each position and read out by C
-    y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, states[:, :-1], torch.exp(a_cs).reshape(grp))
+    y_in = torch.einsum("bclgn,bcgrpn->bclgrp", Cc, states[:, :-1])  # [Bt,c,T,G,R,P]
+    y = y + torch.einsum("bclgrp,bgrcl->bclgrp", y_in, torch.exp(a_cs).reshape(grp))  # a product
     y = _unchunk(y, L, 1).reshape(bt, L, H, P)
     if D is not None:
         y = y + D.float()[:, None] * xf

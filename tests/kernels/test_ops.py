@@ -198,7 +198,27 @@ def test_torch_selective_scan_exports_with_dynamic_length():
                           K.selective_scan(b[0], b[1], A, b[3], b[4], D, b[6], bias, sp, b[9], impl="ref"))
 
 
-def test_torch_ssd_exports_with_dynamic_length():
+def _strict_opt_einsum(operands_seen: list[int]):
+    """torch.backends.opt_einsum as torch.einsum sees it when the opt_einsum package is installed (it is on
+    the GPU machine's image), with a contract_path that, like opt_einsum's, reads every size as an int."""
+    from types import SimpleNamespace
+
+    def contract_path(equation, *operands, optimize=None):
+        operands_seen.append(len(operands))
+        [int(d) for t in operands for d in t.shape]  # opt_einsum builds its size table from ints
+        return [(0, 1)] * (len(operands) - 1), None  # left to right, as torch.einsum without opt_einsum
+
+    package = SimpleNamespace(contract_path=contract_path)
+    return SimpleNamespace(enabled=True, strategy="auto", is_available=lambda: True, get_opt_einsum=lambda: package)
+
+
+@pytest.mark.parametrize("opt_einsum", [False, True], ids=["plain", "opt_einsum"])
+def test_torch_ssd_exports_with_dynamic_length(opt_einsum, monkeypatch):
+    # with opt_einsum installed, an einsum of three operands asked it for a path: int() of the opaque chunk
+    # count failed the export with GuardOnDataDependentSymNode (u0) on the GPU machine
+    seen: list[int] = []
+    if opt_einsum:
+        monkeypatch.setattr(torch.backends, "opt_einsum", _strict_opt_einsum(seen))
     _, a, _ = _cases(L=11)[2]
     x, dt, A, B, C, cs, D, z, bias, sp, lo, hi, h0 = a
     fn = lambda x, dt, B, C, z, h0, A, D, bias: K.ssd_chunk_scan(x, dt, A, B, C, cs, D, z, bias, sp, lo, hi, h0)
@@ -207,6 +227,7 @@ def test_torch_ssd_exports_with_dynamic_length():
         _, b, _ = _cases(L=L)[2]
         _assert_all_close(ep.module()(b[0], b[1], b[3], b[4], b[7], b[12]),
                           K.ssd_chunk_scan(b[0], b[1], A, b[3], b[4], cs, D, b[7], bias, sp, lo, hi, b[12], impl="ref"))
+    assert seen == []  # every einsum has two operands: no contraction path is ever asked for
 
 
 @pytest.mark.gpu
