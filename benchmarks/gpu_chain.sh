@@ -9,7 +9,8 @@
 #      the machine)
 #   2. wait for the preparing workers, print their outcome
 #   3. issue 5's table: eager vs compile-jit vs compile-aot, the machine otherwise idle
-#   4. nothing but the part (step 3 uses most of a call)
+#   4. the part, and (when results/prev/study.db is carried: carry [".ort4", "results/prev"]) a search of
+#      issue 9's store given in MAXCTX_MODELS (default mamba2-1.3b) again, full prefill at 24 GiB up to 512k
 #   5. install onnxruntime-gpu; issue 6's table: eager vs compile-aot vs ort-cuda
 # About 20 minutes held in all (2026-11-22, H100). The study of issue 9 is one call of its own:
 #   source benchmarks/gpu_setup.sh && bash benchmarks/study_gpu.sh
@@ -40,9 +41,18 @@ case $step in
   ;;
 4)
   echo "part 4 copied"
+  if [ -f results/prev/study.db ]; then
+    timeout -s INT 500 edgeports maxctx --models "${MAXCTX_MODELS:-mamba2-1.3b}" --backend eager --mem-budget 24GiB \
+      --prefill full --decode 16 --start 64k --max-len 512k --resolution 0.125 --no-confirm --force \
+      --timeout 90 --load-timeout 120 --db results/prev/study.db 2>&1 | tail -8
+    cp results/prev/study.db "$OUT"/study.db
+  fi
   ;;
 5)
   bash .ort5/install.sh && export PYTHONPATH=/tmp/ortsite${PYTHONPATH:+:$PYTHONPATH}
+  # the tests that need onnxruntime-gpu (skipped in step 1, before it was installed)
+  timeout 90 python3 -m pytest -m gpu -q -rfE --tb=short -p no:cacheprovider tests/runners/test_ort_budget.py \
+    tests/exporters/test_onnx_gqa.py 2>&1 | quiet | tail -15
   timeout 540 "${BENCH[@]}" --backends eager,compile-aot,ort-cuda --budget-s 420 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -45
   cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null
