@@ -12,14 +12,19 @@ import torch
 import triton
 import triton.language as tl
 
-from edgeports.kernels.triton_scan import silu
+from edgeports.kernels.triton_scan import check_tile_offsets, silu
 
 
 @triton.jit
-def _tap(x_row, s_row, t, L, mask_d, s_xl, s_sw, W: tl.constexpr, HAS_S0: tl.constexpr):
-    """Inputs at positions t (may be negative: then from the carried state, whose last column is t = -1)."""
+def _tap(x_row, s_row, t0, j, L, mask_d, s_xl, s_sw, W: tl.constexpr, HAS_S0: tl.constexpr):
+    """Inputs at positions t0 + j (t0: a scalar, j: offsets within the tile; a negative position reads the
+    carried state, whose last column is t = -1)."""
+    t = t0 + j  # [J] positions (int32: L < 2^31)
     from_x = (t >= 0) & (t < L)
-    v = tl.load(x_row + t[None, :] * s_xl, mask=mask_d[:, None] & from_x[None, :], other=0.0)
+    # t0 * s_xl in 64 bits: it passes 2^31 in long prompts of row-strided views (the in_proj output);
+    # the in-tile part j * s_xl stays 32-bit (check_tile_offsets), so per-element math is unchanged
+    v = tl.load(x_row + tl.cast(t0, tl.int64) * s_xl + j[None, :] * s_xl, mask=mask_d[:, None] & from_x[None, :],
+                other=0.0)
     from_s = (t < 0) & (t >= 1 - W)
     if HAS_S0:
         v += tl.load(s_row + (t + W - 1)[None, :] * s_sw, mask=mask_d[:, None] & from_s[None, :], other=0.0)
@@ -37,26 +42,32 @@ def _conv_fwd(
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+    # addresses: the tile's origin (b, d0, t0) in 64 bits, offsets within the tile in 32
+    d0 = pid_d.to(tl.int64) * BLOCK_D
+    t0 = pid_t * BLOCK_T
+    dd = tl.arange(0, BLOCK_D)  # [BD] channel within the tile
+    jt = tl.arange(0, BLOCK_T)  # [BT] step within the tile
+    offs_d = pid_d * BLOCK_D + dd
+    t = t0 + jt  # [BT]
     mask_d = offs_d < DIM
-    x_row = x_ptr + b * s_xb + offs_d[:, None] * s_xd  # [BD,1]
+    x_row = x_ptr + b * s_xb + d0 * s_xd + dd[:, None] * s_xd  # [BD,1]
     s_row = x_row  # unused unless HAS_S0
     if HAS_S0:
-        s_row = s0_ptr + b * s_sb + offs_d[:, None] * s_sd
+        s_row = s0_ptr + b * s_sb + d0 * s_sd + dd[:, None] * s_sd
     acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     for k in tl.static_range(W):
         wk = tl.load(w_ptr + offs_d * s_wd + k * s_ww, mask=mask_d, other=0.0).to(tl.float32)  # [BD]
-        acc += wk[:, None] * _tap(x_row, s_row, t + (k - (W - 1)), L, mask_d, s_xl, s_sw, W, HAS_S0).to(tl.float32)
+        xk = _tap(x_row, s_row, t0, jt + (k - (W - 1)), L, mask_d, s_xl, s_sw, W, HAS_S0)  # [BD,BT]
+        acc += wk[:, None] * xk.to(tl.float32)
     if SILU:
         acc = silu(acc)
-    y_off = b * DIM * L + offs_d[:, None] * L + t[None, :]  # y is contiguous [Bt,D,L]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_d[:, None] & (t < L)[None, :])
+    y_row = y_ptr + (b * DIM + d0) * L + dd[:, None] * L  # y is contiguous [Bt,D,L]
+    tl.store(y_row + t[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask_d[:, None] & (t < L)[None, :])
     if pid_t == tl.num_programs(0) - 1:  # the new state: the last W-1 inputs of cat(state, x)
         j = tl.arange(0, BLOCK_W)
-        last = _tap(x_row, s_row, L - (W - 1) + j, L, mask_d, s_xl, s_sw, W, HAS_S0)
+        last = _tap(x_row, s_row, L - (W - 1), j, L, mask_d, s_xl, s_sw, W, HAS_S0)
         s_off = b * DIM * (W - 1) + offs_d[:, None] * (W - 1) + j[None, :]
         tl.store(sT_ptr + s_off, last.to(sT_ptr.dtype.element_ty), mask=mask_d[:, None] & (j < W - 1)[None, :])
 
@@ -78,10 +89,13 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, con
     y = torch.empty((bt, dim, L), dtype=x.dtype, device=x.device)
     sT = torch.empty((bt, dim, W - 1), dtype=x.dtype, device=x.device)
     cfg = dict(conv_config(dim, L, x.stride(1) == 1 and L > 1), **(config or {}))
+    bd, span = cfg["BLOCK_D"], cfg["BLOCK_T"] + W  # in-tile steps run from -(W-1) to BLOCK_T-1
+    s0 = initial_state.stride() if initial_state is not None else (0, 0, 0)
+    check_tile_offsets("causal_conv1d", (span, x.stride(2)), (bd, x.stride(1)), (bd, s0[1]), (span, s0[2]), (bd, L))
     grid = (max(1, triton.cdiv(L, cfg["BLOCK_T"])), triton.cdiv(dim, cfg["BLOCK_D"]), bt)
     _conv_fwd[grid](
         x, weight, bias, initial_state, y, sT, L, dim,
-        *x.stride(), *weight.stride(), *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+        *x.stride(), *weight.stride(), *s0,
         W=W, HAS_BIAS=bias is not None, SILU=activation == "silu", HAS_S0=initial_state is not None,
         BLOCK_W=max(2, triton.next_power_of_2(W - 1)), **cfg,
     )

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from edgeports.errors import EdgeportsError
+
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -43,6 +45,20 @@ else:
     def _ln(x):
         # one MUFU.LG2 instead of libdevice's ~20-instruction accurate logf (rel. error ~1e-7 either way)
         return libdevice.fast_log2f(x) * LN2
+
+
+def check_tile_offsets(op: str, *pairs: tuple[int, int]) -> None:
+    """Refuse a layout whose offsets within one tile do not fit in 32 bits; pairs: (tile extent, stride).
+
+    The kernels form each address as the tile's origin (batch, head, first step, first channel) times its
+    strides in 64 bits - that part passes 2^31 in long prompts of row-strided views such as Mamba2's in_proj
+    output - plus the offsets within the tile in 32 bits, which keeps the per-element address math what it
+    was. Triton passes a stride >= 2^31 as a 64-bit value, so only smaller ones can overflow in the tile.
+    """
+    for extent, stride in pairs:
+        if stride < 2**31 and extent * stride >= 2**31:
+            raise EdgeportsError(f"{op} (triton): a stride of {stride} elements over a tile of {extent} overflows "
+                                 "32-bit offsets (a sequence or layout this large needs impl='torch')")
 
 
 @triton.jit
@@ -77,7 +93,9 @@ def _selective_scan_fwd(
     # each thread: the scan over time runs in registers; the sum over states adds a few lane shuffles.
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    d0 = pid_d.to(tl.int64) * BLOCK_D  # the tile's origin in 64 bits, offsets within it in 32 (check_tile_offsets)
+    dd = tl.arange(0, BLOCK_D)  # [BD] channel within the tile
+    offs_d = pid_d * BLOCK_D + dd
     offs_n = tl.arange(0, BLOCK_N)  # [BN]
     offs_t = tl.arange(0, BLOCK_T)  # [BT]
     mask_d = offs_d < DIM
@@ -93,11 +111,11 @@ def _selective_scan_fwd(
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_col = u_ptr + b * s_ub + offs_d[None, :] * s_ud  # [1,BD]
-    dt_col = dt_ptr + b * s_tb + offs_d[None, :] * s_td
+    u_col = u_ptr + b * s_ub + d0 * s_ud + dd[None, :] * s_ud  # [1,BD]
+    dt_col = dt_ptr + b * s_tb + d0 * s_td + dd[None, :] * s_td
     if HAS_Z:
-        z_col = z_ptr + b * s_zb + offs_d[None, :] * s_zd
-    y_col = y_ptr + b * DIM * L + offs_d[None, :] * L  # y is contiguous [Bt,D,L]
+        z_col = z_ptr + b * s_zb + d0 * s_zd + dd[None, :] * s_zd
+    y_col = y_ptr + (b * DIM + d0) * L + dd[None, :] * L  # y is contiguous [Bt,D,L]
     b_col = B_ptr + b * s_bb + offs_n[None, :] * s_bn  # [1,BN]
     c_col = C_ptr + b * s_cb + offs_n[None, :] * s_cn
     first = (offs_t == 0)[:, None, None]  # [BT,1,1]
@@ -120,12 +138,15 @@ def _selective_scan_fwd(
         tn = t + BLOCK_T
         m_nx = (tn < L)[:, None] & mask_d[None, :]
         m_nxn = (tn < L)[:, None] & (offs_n < NSTATE)[None, :]
-        u_nx = tl.load(u_col + tn[:, None] * s_ul, mask=m_nx, other=0.0)
-        dt_nx = tl.load(dt_col + tn[:, None] * s_tl, mask=m_nx, other=0.0)
-        b_nx = tl.load(b_col + tn[:, None] * s_bl, mask=m_nxn, other=0.0)
-        c_nx = tl.load(c_col + tn[:, None] * s_cl, mask=m_nxn, other=0.0)
+        # the chunk's first step times a stride in 64 bits (it passes 2^31 at long L for row-strided views:
+        # Mamba1's z and dt), one scalar product per chunk; the steps within the chunk stay 32-bit
+        n0 = tl.cast(t0 + BLOCK_T, tl.int64)
+        u_nx = tl.load(u_col + n0 * s_ul + offs_t[:, None] * s_ul, mask=m_nx, other=0.0)
+        dt_nx = tl.load(dt_col + n0 * s_tl + offs_t[:, None] * s_tl, mask=m_nx, other=0.0)
+        b_nx = tl.load(b_col + n0 * s_bl + offs_t[:, None] * s_bl, mask=m_nxn, other=0.0)
+        c_nx = tl.load(c_col + n0 * s_cl + offs_t[:, None] * s_cl, mask=m_nxn, other=0.0)
         if HAS_Z:
-            zv = tl.load(z_col + t[:, None] * s_zl, mask=m_td, other=0.0)
+            zv = tl.load(z_col + tl.cast(t0, tl.int64) * s_zl + offs_t[:, None] * s_zl, mask=m_td, other=0.0)
         if HAS_BIAS:
             dt = dt + bias[None, :]
         if SOFTPLUS:
@@ -171,13 +192,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     C = C if C.dtype == torch.float32 else C.to(torch.float32)
     zs = z.stride() if z is not None else (0, 0, 0)
     cfg = dict(scan_config(dim, L, u.dtype), **(config or {}))
+    bd, bn, bt_ = cfg["BLOCK_D"], max(2, triton.next_power_of_2(nstate)), cfg["BLOCK_T"]
+    check_tile_offsets("selective_scan", *((bt_, t.stride(2)) for t in (u, delta, B, C)), (bt_, zs[2]),
+                       *((bd, s) for s in (u.stride(1), delta.stride(1), zs[1], L)), (bn, B.stride(1)),
+                       (bn, C.stride(1)))
     grid = (triton.cdiv(dim, cfg["BLOCK_D"]), bt)
     _selective_scan_fwd[grid](
         u, delta, A, B, C, D, z, delta_bias, h0, y, hT,
         L, dim, nstate,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zs,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, BLOCK_N=max(2, triton.next_power_of_2(nstate)),
+        SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, BLOCK_N=bn,
         **cfg,
     )
     return y, hT

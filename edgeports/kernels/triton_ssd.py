@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgeports.kernels.triton_scan import LOG2E, silu, softplus
+from edgeports.kernels.triton_scan import LOG2E, check_tile_offsets, silu, softplus
 
 
 @triton.jit
@@ -31,10 +31,12 @@ def _chunk_state(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, T: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
 ):
+    # addresses: the tile's origin (b, h, g, first step) in 64 bits - a step times a row stride passes 2^31 at
+    # long L for the in_proj output's views - plus offsets within the tile in 32 bits (check_tile_offsets)
     c = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
-    h = bh % H
+    h = (bh % H).to(tl.int64)
     g = h // HEADS_PER_GROUP
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
@@ -46,9 +48,10 @@ def _chunk_state(
     state = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     cs_off = tl.zeros((), dtype=tl.float32)  # cumulative log-decay of the chunk before this sub-block
     for k0 in tl.range(0, T, BLOCK_K, num_stages=STAGES):  # a runtime loop, so its loads are pipelined
+        t0 = tl.cast(c * T + k0, tl.int64)
         t = c * T + k0 + offs_k  # [BK]
         valid = t < L
-        dt = tl.load(dt_ptr + b * s_tb + t * s_tl + h * s_th, mask=valid, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + b * s_tb + t0 * s_tl + offs_k * s_tl + h * s_th, mask=valid, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
@@ -60,9 +63,9 @@ def _chunk_state(
         tl.store(dto_ptr + row * T + k0 + offs_k, dt)
         tl.store(cs_ptr + row * T + k0 + offs_k, cs_off + cs_loc)
         w = dt * tl.exp2((cs_end - cs_loc) * LOG2E)  # [BK] decay to the end of this sub-block
-        x = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + offs_p[None, :] * s_xp,
+        x = tl.load(x_ptr + b * s_xb + t0 * s_xl + offs_k[:, None] * s_xl + h * s_xh + offs_p[None, :] * s_xp,
                     mask=valid[:, None] & (offs_p < P)[None, :], other=0.0)  # [BK,BP]
-        Bm = tl.load(B_ptr + b * s_bb + t[:, None] * s_bl + g * s_bg + offs_n[None, :] * s_bn,
+        Bm = tl.load(B_ptr + b * s_bb + t0 * s_bl + offs_k[:, None] * s_bl + g * s_bg + offs_n[None, :] * s_bn,
                      mask=valid[:, None] & (offs_n < NSTATE)[None, :], other=0.0)  # [BK,BN]
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * tl.exp2(cs_end * LOG2E) + tl.dot(tl.trans(xw), Bm.to(xw.dtype), input_precision=PREC)  # [BP,BN]
@@ -82,20 +85,24 @@ def _chunk_cb(
     c = tl.program_id(1)
     bg = tl.program_id(2)
     b = (bg // G).to(tl.int64)
-    g = bg % G
+    g = (bg % G).to(tl.int64)
     nm = T // BLOCK_M
     pm = pid_mn // nm
     pn = pid_mn % nm
     if pn > pm:  # above the diagonal: never read (causal)
         return
-    offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_s = pn * BLOCK_M + tl.arange(0, BLOCK_M)
+    jm = tl.arange(0, BLOCK_M)  # step within the tile
+    offs_m = pm * BLOCK_M + jm
+    offs_s = pn * BLOCK_M + jm
     offs_n = tl.arange(0, BLOCK_N)
     tm = c * T + offs_m
     ts = c * T + offs_s
-    Cm = tl.load(C_ptr + b * s_cb + tm[:, None] * s_cl + g * s_cg + offs_n[None, :] * s_cn,
+    # the tiles' first steps times the row strides in 64 bits (see _chunk_state)
+    tm0 = tl.cast(c * T + pm * BLOCK_M, tl.int64)
+    ts0 = tl.cast(c * T + pn * BLOCK_M, tl.int64)
+    Cm = tl.load(C_ptr + b * s_cb + tm0 * s_cl + jm[:, None] * s_cl + g * s_cg + offs_n[None, :] * s_cn,
                  mask=(tm < L)[:, None] & (offs_n < NSTATE)[None, :], other=0.0)  # [BM,BN]
-    Bm = tl.load(B_ptr + b * s_bb + ts[:, None] * s_bl + g * s_bg + offs_n[None, :] * s_bn,
+    Bm = tl.load(B_ptr + b * s_bb + ts0 * s_bl + jm[:, None] * s_bl + g * s_bg + offs_n[None, :] * s_bn,
                  mask=(ts < L)[:, None] & (offs_n < NSTATE)[None, :], other=0.0)
     cb = tl.dot(Cm, tl.trans(Bm.to(Cm.dtype)), input_precision=PREC)  # [BM,BM]
     row = (b * NCHUNK + c) * G + g  # [Bt, NCHUNK, G, T, T]
@@ -151,14 +158,20 @@ def _chunk_scan(
     bh = tl.program_id(0)
     pid_mp = tl.program_id(1)
     c = tl.program_id(2)
+    # addresses: the tile's origin (b, h, g, first step, first p) in 64 bits, offsets within it in 32 (see
+    # _chunk_state)
     b = (bh // H).to(tl.int64)
-    h = bh % H
+    h = (bh % H).to(tl.int64)
     g = h // HEADS_PER_GROUP
     n_p = tl.cdiv(P, BLOCK_P)
     pm = pid_mp // n_p
     pp = pid_mp % n_p
-    offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)  # rows (steps) within the chunk
-    offs_p = pp * BLOCK_P + tl.arange(0, BLOCK_P)
+    jm = tl.arange(0, BLOCK_M)
+    jp = tl.arange(0, BLOCK_P)
+    offs_m = pm * BLOCK_M + jm  # rows (steps) within the chunk
+    offs_p = pp * BLOCK_P + jp
+    tm0 = tl.cast(c * T + pm * BLOCK_M, tl.int64)  # the tile's first step
+    p0 = tl.cast(pp * BLOCK_P, tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     tm = c * T + offs_m
@@ -167,14 +180,14 @@ def _chunk_scan(
     row = (b * H + h) * NCHUNK + c
     cs_m = tl.load(cs_ptr + row * T + offs_m)  # [BM]
     # inter-chunk: the state entering the chunk, decayed to each row
-    Cm = tl.load(C_ptr + b * s_cb + tm[:, None] * s_cl + g * s_cg + offs_n[None, :] * s_cn,
+    Cm = tl.load(C_ptr + b * s_cb + tm0 * s_cl + jm[:, None] * s_cl + g * s_cg + offs_n[None, :] * s_cn,
                  mask=mask_m[:, None] & (offs_n < NSTATE)[None, :], other=0.0)  # [BM,BN]
     prev = tl.load(prev_ptr + ((((b * NCHUNK + c) * H + h) * P + offs_p[None, :]) * NSTATE + offs_n[:, None]),
                    mask=mask_p[None, :] & (offs_n < NSTATE)[:, None], other=0.0)  # [BN,BP]
     acc = tl.dot(Cm, prev.to(Cm.dtype), input_precision=PREC) * tl.exp2(cs_m * LOG2E)[:, None]  # [BM,BP]
     # intra-chunk: causal, so only source blocks up to this row block
     cb_row = cb_ptr + (((b * NCHUNK + c) * G + g) * T + offs_m[:, None]) * T  # [BM,1]
-    x_base = x_ptr + b * s_xb + h * s_xh + offs_p[None, :] * s_xp  # [1,BP]
+    x_base = x_ptr + b * s_xb + h * s_xh + p0 * s_xp + jp[None, :] * s_xp  # [1,BP]
     for k0 in range(0, (pm + 1) * BLOCK_M, BLOCK_K):
         ks = k0 + offs_k  # [BK]
         cs_k = tl.load(cs_ptr + row * T + ks)
@@ -184,14 +197,16 @@ def _chunk_scan(
         decay = tl.exp2(tl.where(causal, cs_m[:, None] - cs_k[None, :], float("-inf")) * LOG2E)
         w = tl.where(causal, cb * decay * dt_k[None, :], 0.0)  # [BM,BK]
         tk = c * T + ks
-        xk = tl.load(x_base + tk[:, None] * s_xl, mask=(tk < L)[:, None] & mask_p[None, :], other=0.0)  # [BK,BP]
+        xk = tl.load(x_base + tl.cast(c * T + k0, tl.int64) * s_xl + offs_k[:, None] * s_xl,
+                     mask=(tk < L)[:, None] & mask_p[None, :], other=0.0)  # [BK,BP]
         acc += tl.dot(w.to(xk.dtype), xk, input_precision=PREC)
     mask = mask_m[:, None] & mask_p[None, :]
     if HAS_D:
-        xm = tl.load(x_base + tm[:, None] * s_xl, mask=mask, other=0.0).to(tl.float32)
+        xm = tl.load(x_base + tm0 * s_xl + jm[:, None] * s_xl, mask=mask, other=0.0).to(tl.float32)
         acc += tl.load(D_ptr + h).to(tl.float32) * xm
     if HAS_Z:
-        zm = tl.load(z_ptr + b * s_zb + tm[:, None] * s_zl + h * s_zh + offs_p[None, :] * s_zp, mask=mask, other=0.0)
+        zm = tl.load(z_ptr + b * s_zb + tm0 * s_zl + jm[:, None] * s_zl + h * s_zh + p0 * s_zp + jp[None, :] * s_zp,
+                     mask=mask, other=0.0)
         acc *= silu(zm.to(tl.float32))
     y_off = ((b * L + tm[:, None]) * H + h) * P + offs_p[None, :]  # y is contiguous [Bt,L,H,P]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
@@ -220,6 +235,11 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     BN = max(16, triton.next_power_of_2(N))
     BP = max(16, triton.next_power_of_2(P))
+    bk, bm_cb, bp = min(T, cfg.get("STATE_K", 64)), min(T, 64), min(cfg["BLOCK_P"], BP)
+    span = max(bk, bm_cb, cfg["BLOCK_M"], cfg["BLOCK_K"])  # steps within a tile of any of the kernels
+    zs = z.stride() if z is not None else (0, 0, 0, 0)
+    check_tile_offsets("ssd_chunk_scan", *((span, t.stride(1)) for t in (x, dt, B, C)), (span, zs[1]),
+                       (BP, x.stride(3)), (BP, zs[3]), (BN, B.stride(3)), (BN, C.stride(3)))
     dto = torch.empty((bt, H, nchunk, T), **f32)
     cs = torch.empty((bt, H, nchunk, T), **f32)
     states = torch.empty((bt, nchunk, H, P, N), **f32)
@@ -227,11 +247,10 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
         x, dt, A, B, dt_bias, dto, cs, states,
         L, H, P, N, nchunk, H // G, float(dt_min), float(dt_max),
         *x.stride(), *dt.stride(), *B.stride(),
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), T=T, BLOCK_K=min(T, cfg.get("STATE_K", 64)),
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), T=T, BLOCK_K=bk,
         BLOCK_P=BP, BLOCK_N=BN, PREC=prec, STAGES=cfg.get("STATE_STAGES", 2), num_warps=nw, num_stages=ns,
     )
     cb = torch.empty((bt, nchunk, G, T, T), **f32)
-    bm_cb = min(T, 64)
     _chunk_cb[((T // bm_cb) ** 2, nchunk, bt * G)](
         B, C, cb, L, G, N, nchunk, *B.stride(), *C.stride(),
         T=T, BLOCK_M=bm_cb, BLOCK_N=BN, PREC=prec, num_warps=nw, num_stages=ns,
@@ -246,12 +265,11 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_
         states, cs, s0, prev, final, H, P * N, nchunk, T=T, HAS_S0=s0 is not None, BLOCK=blk, num_warps=4,
     )
     y = torch.empty((bt, L, H, P), dtype=x.dtype, device=x.device)
-    bp = min(cfg["BLOCK_P"], BP)
     grid = (bt * H, (T // cfg["BLOCK_M"]) * triton.cdiv(P, bp), nchunk)
     _chunk_scan[grid](
         x, z, C, D, dto, cs, cb, prev, y,
         L, H, P, N, nchunk, G, H // G,
-        *x.stride(), *(z.stride() if z is not None else (0, 0, 0, 0)), *C.stride(),
+        *x.stride(), *zs, *C.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, T=T, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=bp,
         BLOCK_K=cfg["BLOCK_K"], BLOCK_N=BN, PREC=prec, num_warps=nw, num_stages=ns,
     )
