@@ -6,6 +6,9 @@ there: libdevice's fast log2 (the interpreter has no libdevice, so softplus uses
 code generation — the `-m gpu` tests cover both on the device.
 
 GPU (`-m gpu`): every op across float32/bfloat16/float16, odd lengths, group counts and chunked prefill.
+
+Both: views whose step (or head, or channel) offsets pass 2^31 elements, the 32-bit overflow that killed
+mamba2-1.3b at 256k (the CPU child maps a 9 GB buffer but touches ~0.4 GB of it).
 """
 
 from __future__ import annotations
@@ -136,6 +139,77 @@ SCAN_SEQ = {"u": 2, "delta": 2, "z": 2, "B": 2, "C": 2}
 SSD_SEQ = {"x": 1, "dt": 1, "z": 1, "B": 1, "C": 1}
 
 
+# ---- views whose steps times strides pass 2^31 (32-bit offset overflow) ---------------------------------
+# A flat buffer of more than 2^31 elements, seen as rows [L, row] (Mamba2's in_proj output: a step's stride
+# is the row) and as channels [row, L] (a conv output: a channel's stride is L). Only the elements a view
+# covers are filled, so on the CPU the buffer stays mostly untouched virtual memory.
+def wide_buffer(L: int, row: int, dtype, device, fill: bool) -> torch.Tensor:
+    """[L*row] elements (> 2^31); filled with randn when `fill` (else the views fill what they cover)."""
+    assert L * row > 2**31
+    return torch.randn(L * row, dtype=dtype, device=device) if fill else torch.empty(L * row, dtype=dtype,
+                                                                                     device=device)
+
+
+def _view(buf, size, stride, offset, fill):
+    v = torch.as_strided(buf, size, stride, offset)
+    if fill:
+        v.copy_(torch.randn(size).to(v))
+    return v
+
+
+def wide_conv_case(buf, L, C, W, fill):
+    """causal_conv1d on C channels of the row view: x [1,C,L] with step stride row."""
+    row = buf.numel() // L
+    r = lambda *s: torch.randn(*s).to(buf.device)
+    return dict(x=_view(buf, (1, C, L), (0, 1, row), 0, fill), weight=r(C, W), bias=r(C),
+                initial_state=r(1, C, W - 1).to(buf.dtype), activation="silu")
+
+
+def wide_scan_case(buf, L, D, N, fill, u_channels=False):
+    """selective_scan with delta and z from the row view (step stride row); u from the row view too, or
+    (u_channels) the channel view [1,D,L] (channel stride L; all row channels: D*L > 2^31 also for y)."""
+    row = buf.numel() // L
+    r = lambda *s: torch.randn(*s).to(buf.device)
+    rows = lambda c0: _view(buf, (1, D, L), (0, 1, row), c0, fill)
+    u = _view(buf, (1, D, L), (0, L, 1), 0, fill) if u_channels else rows(2 * D)
+    z_at = min(D, row - D)  # z's channels start past delta's where the row leaves room
+    return dict(u=u, delta=rows(0), A=-torch.rand(D, N).to(buf.device) * 4 - 0.1, B=r(1, N, L), C=r(1, N, L),
+                D=r(D), z=rows(z_at), delta_bias=0.3 * r(D), delta_softplus=True, initial_state=r(1, D, N))
+
+
+def wide_ssd_case(buf, L, P, N, fill):
+    """ssd_chunk_scan, 3 heads: dt, B, C, z from the row view (step stride row); x from the channel view
+    with heads ~row/2 channels apart, so head 2's offset (h * head stride) passes 2^31 while the stride
+    itself does not (Triton would pass that as a 64-bit value)."""
+    row, H = buf.numel() // L, 3
+    S = (row - P) // 2  # channels between heads
+    assert S * L < 2**31 <= 2 * S * L
+    r = lambda *s: torch.randn(*s).to(buf.device)
+    v = lambda size, stride, off: _view(buf, size, stride, off, fill)
+    return dict(x=v((1, L, H, P), (0, 1, S * L, L), 0), dt=v((1, L, H), (0, row, 1), 0),
+                A=-torch.rand(H).to(buf.device) * 2 - 0.05, B=v((1, L, 1, N), (0, row, N, 1), 8),
+                C=v((1, L, 1, N), (0, row, N, 1), 8 + N), chunk_size=256, D=r(H),
+                z=v((1, L, H, P), (0, row, P, 1), 8 + 2 * N), dt_bias=0.3 * r(H), dt_softplus=True,
+                initial_state=r(1, H, P, N))
+
+
+def check_wide(impl, op, case, tol, t0=0):
+    """impl's op on the strided views == impl_torch's on contiguous copies of them. causal_conv1d (a local
+    op) is compared from step t0 on: the reference runs on the steps from t0, the W-1 before as its state."""
+    from edgeports.kernels import impl_torch
+
+    y, h = getattr(impl, op)(**case)
+    dense = dict(case)
+    if op == "causal_conv1d":
+        x, W = case["x"], case["weight"].shape[1]
+        dense["x"], y = x[:, :, t0:], y[:, :, t0:]
+        if t0:
+            dense["initial_state"] = x[:, :, t0 - (W - 1):t0]
+    dense = {k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in dense.items()}
+    yr, hr = getattr(impl_torch, op)(**dense)
+    assert _rel(y, yr) < tol and _rel(h, hr) < tol
+
+
 # ---- CPU: the triton interpreter ------------------------------------------------------------------------
 # triton picks the interpreter when a @triton.jit function is defined, its own library included, so the
 # variable must be set before triton is first imported: these tests run in a child pytest process.
@@ -205,6 +279,15 @@ class TestInterpreter:
     @pytest.mark.parametrize("L,W,init", [(37, 4, True), (1, 4, True), (2, 4, False), (70, 3, True)])
     def test_causal_conv1d(self, interp, L, W, init):
         check_conv(interp, conv_case(2, 6, L, W, torch.float32, "cpu", init=init), 1e-5)
+
+    # steps times strides pass 2^31 (a 9 GB buffer, mostly never touched): the interpreter computes int32
+    # offsets as the compiled kernels do, so the 32-bit overflow shows here too (it read outside the buffer)
+    def test_wide_strides(self, interp):
+        L = 2048
+        buf = wide_buffer(L, 2**31 // L + 40_000, torch.float32, "cpu", fill=False)
+        check_wide(interp, "causal_conv1d", wide_conv_case(buf, L, 6, 4, True), 1e-5)
+        check_wide(interp, "selective_scan", wide_scan_case(buf, L, 5, 8, True), 1e-4)
+        check_wide(interp, "ssd_chunk_scan", wide_ssd_case(buf, L, 16, 16, True), 1e-4)
 
     def test_refuses_float64(self, interp):
         with pytest.raises(EdgeportsError, match="float64"):
@@ -297,3 +380,43 @@ def test_gpu_auto_dispatch_uses_triton(gpu):
     y_tri, h_tri = K.selective_scan(**case, impl="triton")
     assert torch.equal(y_auto, y_tri) and torch.equal(h_auto, h_tri)
     assert K.get_impl("triton") is gpu
+
+
+# 32-bit offset overflow at the sizes that hit it (mamba2-1.3b at 256k: step * in_proj row > 2^31); one
+# 4.6 GB bf16 buffer, seen as [262144, 8704] and as [16384, 139264] (the scan walks L sequentially: 16k steps)
+@pytest.fixture(scope="module")
+def wide_gpu_buffer():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    buf = wide_buffer(262144, 8704, torch.bfloat16, "cuda", fill=True)
+    yield buf
+    del buf
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+def test_gpu_wide_conv(gpu, wide_gpu_buffer):
+    # every channel of the row view: the output [1,8704,L] itself passes 2^31 elements
+    L = 262144
+    case = wide_conv_case(wide_gpu_buffer, L, 8704, 4, fill=False)
+    check_wide(gpu, "causal_conv1d", case, TOL[torch.bfloat16], t0=L - 4096)
+
+
+@pytest.mark.gpu
+def test_gpu_wide_ssd(gpu, wide_gpu_buffer):
+    check_wide(gpu, "ssd_chunk_scan", wide_ssd_case(wide_gpu_buffer, 262144, 64, 64, fill=False), TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_wide_scan(gpu, wide_gpu_buffer):
+    # u from the channel view over all 139264 channels (y [1,D,L] passes 2^31); the reference on the last 64
+    L, D = 16384, 139264 - 128
+    case = wide_scan_case(wide_gpu_buffer, L, D, 16, fill=False, u_channels=True)
+    y, h = gpu.selective_scan(**case)
+    from edgeports.kernels import impl_torch
+
+    last = {k: (v[..., -64:, :] if k in ("u", "delta", "z", "A", "initial_state") else
+                v[-64:] if k in ("D", "delta_bias") else v) for k, v in case.items()}
+    last = {k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in last.items()}
+    yr, hr = impl_torch.selective_scan(**last)
+    assert _rel(y[:, -64:], yr) < TOL[torch.bfloat16] and _rel(h[:, -64:], hr) < TOL[torch.bfloat16]
