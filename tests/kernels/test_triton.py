@@ -294,6 +294,15 @@ class TestInterpreter:
             interp.causal_conv1d(torch.zeros(1, 2, 3, dtype=torch.float64), torch.zeros(2, 4))
 
 
+def test_tile_offset_guard():
+    """In-tile offsets are 32-bit: refused when extent * stride passes 2^31, unless Triton passes the stride as
+    a 64-bit value (>= 2^31) anyway."""
+    check = pytest.importorskip("edgeports.kernels.triton_scan").check_tile_offsets
+    check("op", (256, 8704), (64, 2**31 + 5))
+    with pytest.raises(EdgeportsError, match="op .triton.: a stride of 8388608"):
+        check("op", (16, 1), (256, 2**23))
+
+
 def test_unavailable_on_cpu_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from edgeports.kernels import impl_triton
