@@ -33,7 +33,11 @@ allocation failure inside ONNX Runtime (the arena's limit, cudaMalloc, the CPU a
 is raised as MemoryError, so it is an `oom` row like torch's (`oom_message` reads ORT's error text).
 
 Artifacts with the `gqa` attention lowering (com.microsoft.GroupQueryAttention nodes) run on stock ONNX
-Runtime; their KV caches are bound in place, which is the op's shared-buffer mode.
+Runtime's CPU EP; their KV caches are bound in place, which is the op's shared-buffer mode. The CUDA EP is
+refused (Unsupported) for them: on onnxruntime-gpu 1.31.1 (H100, 2026-11-22) its GroupQueryAttention failed
+parity where the CPU EP passes (llama-3.2-1b fp16: 3.1e-1; tiny-llama's decode steps 3.3e-2 against 3e-4 for
+its prefill; a dynamic cache raised "Flash total sequence length must be positive and fit int32"), and the
+cause is not known yet.
 Artifacts with the `custom` SSM lowering (ai.edgeports nodes, made for the TensorRT plugins) need a
 custom-op library implementing that domain: set EDGEPORTS_ORT_CUSTOM_OPS to its path; without it the
 runner refuses them (Unsupported). `layer_profile()` runs ORT's profiler (enable_profiling) and maps
@@ -203,6 +207,9 @@ class OrtRunner(StepRunner):
         self.layout = artifact.state_layout
         # dynamic caches (onnx_cache=dynamic) are sized per prompt like eager's; static ones hold max_len
         self.cache_axes = {k: tuple(v) for k, v in ranges.get("cache_axes", {}).items()}
+        if self.device.type == "cuda" and ranges.get("onnx_attention") == "gqa":
+            raise Unsupported("ONNX Runtime's CUDA EP fails parity on the onnx_attention=gqa lowering (see "
+                              "runners/ort.py); export with the default onnx_attention=standard for CUDA")
         self._providers = providers(self.device)
         self._custom_ops = _custom_ops_library(ranges.get("onnx_ssm", "standard"))
         self._weights = self._load_weights()

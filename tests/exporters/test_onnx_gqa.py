@@ -132,35 +132,14 @@ def test_models_without_attention_export_as_standard(tmp_path):
     assert not onnx_exporter.gqa_applicable(build("tiny-mamba2", dtype="float32"))
 
 
-def _ort_cuda_available() -> bool:
-    import onnxruntime
 
-    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
-def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name):
-    """The CUDA EP's GroupQueryAttention (fp16 only there) against eager fp32 with the same weights: a prompt
-    that crosses tiny-qwen2's 8-key window, chunked where exported, then 4 decode steps. Checks that the CUDA
-    kernel counts local_window_size and the shared-buffer caches as the CPU EP does."""
-    if not _ort_cuda_available():
-        pytest.skip("needs CUDA and onnxruntime-gpu (CUDAExecutionProvider)")
-    from edgeports.measure.parity import TOLERANCE, rel_err
+def test_cuda_ep_refuses_gqa_graphs(tmp_path):
+    """The CUDA EP failed parity on GroupQueryAttention graphs on the H100 (runners/ort.py): refused there,
+    before any session is built (so also where no CUDA EP is installed)."""
     from edgeports.runners import ort
-    from edgeports.runners.eager import EagerRunner
+    from edgeports.runners.base import Unsupported
 
-    config, extra = CASES[name]
-    opts = dataclasses.replace(_opts(**extra), dtype="float16")
-    art = read_artifact(onnx_exporter.export(_spec(name, **config), tmp_path / name, opts).path, "onnx")
-    runner = ort.load(art, "cuda")
-    assert runner.info["provider"] == "CUDAExecutionProvider"
-    ref = EagerRunner(build_lm(art.spec, art.options, "cuda").float(), "cuda")
-    ids = torch.randint(0, art.spec.config["vocab_size"], (1, 23), device="cuda")
-    chunks = (None, 8) if "prefill_next" in art.shape_ranges["graphs"] else (None,)
-    for chunk in chunks:
-        errs = [rel_err(runner.prefill(ids, chunk, max_len=MAX_LEN), ref.prefill(ids, chunk, max_len=MAX_LEN))]
-        errs += [rel_err(runner.decode(1), ref.decode(1)) for _ in range(4)]
-        runner.reset()
-        ref.reset()
-        assert max(errs) < TOLERANCE["float16"], (chunk, errs)
+    art = read_artifact(onnx_exporter.export(_spec("tiny-llama", num_hidden_layers=1), tmp_path / "l",
+                                             _opts(onnx_chunked=False)).path, "onnx")
+    with pytest.raises(Unsupported, match="onnx_attention=standard"):
+        ort.load(art, "cuda")
