@@ -100,6 +100,10 @@ def kinds_of(options: ExportOptions) -> tuple[str, ...]:
     return KINDS if options.flag("chunked", True) else ("prefill", "decode")
 
 
+# the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options)
+OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of}
+
+
 class InPlaceStep(nn.Module):
     """One LM call as `(ids[B,L], *state) -> logits[B,V]` that writes the new State into `state`.
 
@@ -242,8 +246,16 @@ def tuning_of(kind: str, device: torch.device) -> dict[str, Any]:
 
 def compile_package(ep: torch.export.ExportedProgram, path: Path, options: dict[str, Any] | None = None,
                     share_weights: bool = False) -> None:
-    """AOTInductor-compile one program into a .pt2 package (its weights left out with `share_weights`)."""
-    configs = {"aot_inductor.package_constants_in_so": False} if share_weights else {}
+    """AOTInductor-compile one program into a .pt2 package (its weights left out with `share_weights`).
+
+    Embedded weights go into the package as a blob beside the compiled library where this torch can
+    (package_constants_on_disk_format="binary_blob"; the loader reads it in): by default Inductor appends
+    constants over 2 GB to the library itself and the loaded model mmaps its own file to find them, the path
+    every real-size CUDA package took when loading killed the process (H100, torch 2.11; a tiny package, which
+    stays under 2 GB, loads). Not yet run on a GPU with the blob."""
+    configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False} if share_weights else {}
+    if not share_weights and hasattr(torch._inductor.config.aot_inductor, "package_constants_on_disk_format"):
+        configs["aot_inductor.package_constants_on_disk_format"] = "binary_blob"
     configs.update(options or {})
     torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=configs)
 

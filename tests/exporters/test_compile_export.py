@@ -333,3 +333,27 @@ def test_prefill_length_range_is_checked(monkeypatch):
     monkeypatch.setattr(cexport.InPlaceStep, "forward", narrowing)
     with pytest.raises(ValueError, match=r"narrowed the prompt length L to \[4, 64\], not \[2, 64\]"):
         cexport.export_program(lm, "prefill", 1, MAX_LEN)
+
+
+def test_embedded_weights_travel_as_a_blob(tmp_path, monkeypatch):
+    """CUDA packages embed their weights (exporters/compile.py `_shares_weights`); forced here on the CPU: the
+    weights sit in each package as a binary blob beside the library (not appended to it), the runner loads
+    them without the weights file and matches eager."""
+    import zipfile
+
+    if not hasattr(torch._inductor.config.aot_inductor, "package_constants_on_disk_format"):
+        pytest.skip("this torch has no aot_inductor.package_constants_on_disk_format")
+    monkeypatch.setattr(cexport, "_shares_weights", lambda device: False)
+    spec = dataclasses.replace(get_spec("tiny-mamba2"), config={**get_spec("tiny-mamba2").config,
+                                                                "num_hidden_layers": 1})
+    options = ExportOptions(dtype="float32", max_len=MAX_LEN, extra=(("chunked", False),))
+    art = read_artifact(cexport.export(spec, tmp_path / "a", options).path, backend="compile")
+    assert json.loads(art.file(cexport.PROGRAMS_FILE).read_text())["weights"] == "embedded"
+    for kind in ("prefill", "decode"):
+        names = zipfile.ZipFile(art.file(f"{kind}.pt2")).namelist()
+        assert any(n.endswith(".blob") for n in names), names
+    runner = crun.load(art, "cpu")
+    ref = eager.load(in_memory("eager", spec, ExportOptions(dtype="float32")), "cpu")
+    ids = torch.randint(0, spec.config["vocab_size"], (1, 19))
+    assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
+    assert rel_err(runner.decode(3), ref.decode(3)) < TOL
