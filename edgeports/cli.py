@@ -100,6 +100,14 @@ def doctor():
     console.print(_table("backends", head, rows))
 
 
+def _opt_option(what: str):
+    """The repeatable --opt of export, run and maxctx (parsed and checked by edgeports.options)."""
+    return click.option("--opt", "opts", multiple=True, metavar="[BACKEND.]KEY=VALUE",
+                        help=f"Backend export option, repeatable, {what} (e.g. mode=jit, fuse=false, onnx_opset=18, "
+                        "onnx_chunked=false, trt_ssm=onnx-ops); BACKEND.KEY=VALUE gives it to that backend only. "
+                        "A key the backend does not take is refused.")
+
+
 @cli.command()
 @click.argument("model_arg", metavar="[MODEL]", required=False)
 @click.option("--model", "model", default=None, help="Zoo name or a local HF checkpoint directory (or give it as MODEL).")
@@ -112,13 +120,13 @@ def doctor():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
               help="Local HF checkpoint directory with the weights.")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Backend-specific export option, "
-              "repeatable (e.g. onnx_ssm=custom, onnx_opset=18, onnx_chunked=false, trt_ssm=onnx-ops).")
+@_opt_option("of the exported artifact")
 def export(model_arg, model, backend, out, dtype, max_len, device, seed, weights, opts):
     """Export one model with one backend into an artifact directory: `edgeports export --backend trt mamba-2.8b`."""
     from edgeports.backends import get_backend
     from edgeports.exporters.base import ExportOptions, canonical_dtype
     from edgeports.models import get_spec
+    from edgeports.options import options_for, parse_opts
 
     if model_arg and model and model_arg != model:
         raise EdgeportsError(f"two models given ({model_arg!r} and --model {model!r}): export takes one")
@@ -130,11 +138,8 @@ def export(model_arg, model, backend, out, dtype, max_len, device, seed, weights
     ok, reason = b.available()
     if not ok:
         raise EdgeportsError(f"backend {backend!r} is not available here: {reason}")
-    bad = [o for o in opts if "=" not in o or not o.split("=", 1)[0]]
-    if bad:
-        raise EdgeportsError(f"--opt wants KEY=VALUE, got {bad[0]!r}")
     options = ExportOptions(dtype=canonical_dtype(dtype or spec.dtype), seed=seed, weights=weights,
-                            max_len=max_len, device=device, extra=tuple(o.split("=", 1) for o in opts))
+                            max_len=max_len, device=device, extra=options_for(b, parse_opts(opts)))
     out = out or Path("artifacts") / backend / f"{spec.name}-{options.dtype}"
     art = b.export(spec, out, options)
     click.echo(f"exported {spec.name} ({options.dtype}) for {backend} to {art.path} in {art.export_s:.1f} s")
@@ -186,6 +191,7 @@ def _sweep_options(f):
         click.option("--no-progress", "progress", is_flag=True, flag_value=False, default=True),
         click.option("--profile", type=click.Choice(["ops"]), default=d.profile, help="ops: one profiled prefill "
                      "+ decode per cell, the operator breakdown stored in the ops table."),
+        _opt_option("for every backend of the sweep (a row's backend_options column)"),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -194,12 +200,13 @@ def _sweep_options(f):
 
 @cli.command()
 @_sweep_options
-def run(models, prefill_modes, **kwargs):
+def run(models, prefill_modes, opts, **kwargs):
     """Run a sweep: models x backends x lengths, resumable; rows go to the results database."""
     from edgeports import sweep
 
     config = SweepConfig(models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else (),
-                         prefill_modes=tuple(m.strip() for m in prefill_modes.split(",") if m.strip()), **kwargs)
+                         prefill_modes=tuple(m.strip() for m in prefill_modes.split(",") if m.strip()),
+                         options=opts, **kwargs)
     counts = sweep.run(config)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new to measure"
     click.echo(f"{summary}; results in {config.db}")
@@ -262,29 +269,31 @@ def report(db, out, baseline, no_plots, study, pairs, length, budget):
 @click.option("--db", default=DEFAULTS.db, show_default=True)
 @click.option("--artifacts", default=None, help="Artifact cache [default: <db dir>/artifacts].")
 @click.option("--force", is_flag=True, help="Search again where a result is stored.")
+@_opt_option("for every backend searched (a row's backend_options column)")
 def maxctx(models, backends, budgets, prefill_modes, decode_len, device, dtype, start, max_len, resolution, confirm,
-           timeout_s, load_timeout_s, seed, db, artifacts, force):
+           timeout_s, load_timeout_s, seed, db, artifacts, force, opts):
     """Bisect the longest context whose prefill + decode fits a memory budget, per model, backend, budget
     and prefill mode (isolated worker processes; rows in the maxctx table)."""
     from edgeports import maxctx as mc
     from edgeports.lens import format_len, parse_len
+    from edgeports.measure.row import backend_label
 
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     config = mc.MaxCtxConfig(models=split(models), backends=backends, budgets=split(budgets),
                              prefill_modes=split(prefill_modes), decode_len=decode_len, device=device, dtype=dtype,
                              start=parse_len(start), max_len=parse_len(max_len), resolution=resolution,
                              confirm=confirm, timeout_s=timeout_s, load_timeout_s=load_timeout_s, seed=seed, db=db,
-                             artifacts=artifacts, force=force)
+                             artifacts=artifacts, force=force, options=opts)
 
     def show(r):
-        click.echo(f"{r.model} {r.backend} {r.prefill_mode} @ {r.budget}: {mc.describe(r)}"
+        click.echo(f"{r.model} {backend_label(r)} {r.prefill_mode} @ {r.budget}: {mc.describe(r)}"
                    + (f" (projected {mc.approx_len(r.projected_ctx)})" if r.projected_ctx else "")
                    + (f" [{r.status}: {r.reason}]" if r.reason else "") + f" in {r.search_s:.0f} s")
 
     written = mc.run(config, on_row=show)
     rows = [r for r in mc.rows(db) if r.model in config.models]
     head = ["model", "backend", "prefill", "budget", "max context", "first failure", "projected", "status"]
-    body = [[r.model, r.backend, r.prefill_mode, r.budget, mc.describe(r), format_len(r.fail_ctx) if r.fail_ctx else None,
+    body = [[r.model, backend_label(r), r.prefill_mode, r.budget, mc.describe(r), format_len(r.fail_ctx) if r.fail_ctx else None,
              mc.approx_len(r.projected_ctx) if r.projected_ctx else None, r.status] for r in rows]
     _console().print(_table(f"edgeports maxctx ({len(written)} new)", head, body))
 

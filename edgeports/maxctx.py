@@ -21,7 +21,6 @@ the split). Rows go to the `maxctx` table of the results database.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from edgeports.errors import EdgeportsError
 from edgeports.lens import format_len
 from edgeports.measure.memory import format_bytes, parse_bytes
-from edgeports.measure.row import RunTarget, now, platform_id, target_fields
+from edgeports.measure.row import RunTarget, key_hash, now, platform_id, target_fields
 
 MAXCTX_TABLE = "maxctx"
 MAXCTX_KEY = ("key",)
@@ -61,6 +60,7 @@ class MaxCtxConfig:
     db: str = "results/edgeports.db"
     artifacts: str | None = None
     force: bool = False
+    options: tuple[str, ...] = ()  # --opt texts (edgeports.options), applied as a sweep applies them
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class MaxCtxRow(RunTarget):
     platform_cpu: str | None
     platform_git_commit: str | None
     platform: str  # JSON of the full fingerprint
+    backend_options: str = ""  # the backend's --opt settings, "k=v,k=v" sorted ("" in tables from before it)
 
 
 @dataclass
@@ -293,7 +294,7 @@ def _searches(config: MaxCtxConfig):
                             prefill_modes=config.prefill_modes, repeats=1, warmup=0,
                             mem_budget=None if budget is None else str(budget), timeout_s=config.timeout_s,
                             load_timeout_s=config.load_timeout_s, seed=config.seed, db=config.db,
-                            artifacts=config.artifacts, progress=False)
+                            artifacts=config.artifacts, progress=False, options=config.options)
         p = plan(sweep)
         if budget is None and p.device == "cpu":
             raise EdgeportsError("--mem-budget device on the CPU would leave the kernel's OOM killer to end the "
@@ -308,7 +309,7 @@ def _searches(config: MaxCtxConfig):
 def _key(cell, label: str, config: MaxCtxConfig, fp: dict[str, Any]) -> str:
     ident = [cell.model, cell.backend, cell.device, cell.dtype, cell.batch, cell.prefill_mode, cell.decode_len,
              label, cell.weights, config.max_len, config.resolution, platform_id(fp)]
-    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+    return key_hash(ident, cell)  # backend options join the key only when set: older keys still match
 
 
 def run(config: MaxCtxConfig, on_row: Callable[[MaxCtxRow], None] | None = None) -> list[MaxCtxRow]:
@@ -377,7 +378,7 @@ def _row(cell, label, budget, config, s: Search, status, reason, seconds, key, f
         probes=json.dumps([[p.length, p.status, p.peak, int(p.fresh)] for p in s.probes]), reason=reason,
         search_s=seconds, key=key, timestamp=now(), platform_id=platform_id(fp), platform_gpu=fp.get("platform_gpu"),
         platform_cpu=fp.get("platform_cpu"), platform_git_commit=fp.get("platform_git_commit"),
-        platform=json.dumps(fp, sort_keys=True))
+        platform=json.dumps(fp, sort_keys=True), backend_options=cell.backend_options)
 
 
 def approx_len(n: float | None) -> str:

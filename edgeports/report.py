@@ -15,7 +15,7 @@ from pathlib import Path
 from edgeports.errors import EdgeportsError, missing_dependency
 from edgeports.lens import format_len
 from edgeports.measure.memory import format_bytes
-from edgeports.measure.row import Row
+from edgeports.measure.row import Row, backend_label
 
 # the setting a ratio compares within (everything of the cell but the backend, plus the platform)
 SETTING = ("platform_cpu", "platform_gpu", "device", "dtype", "batch", "decode_len", "prefill_mode", "mem_budget",
@@ -53,17 +53,17 @@ def markdown_table(rows: list[Row], baseline: str | None) -> str:
         budget = f", budget {format_bytes(s['mem_budget'])}" if s["mem_budget"] else ""
         out.append(f"### {s['device']} ({place or 'unknown'}), {s['dtype']}, batch {s['batch']}, "
                    f"decode {s['decode_len']}, prefill {s['prefill_mode']}{budget}\n")
-        base = {(r.model, r.prompt_len): r for r in group if r.backend == baseline and r.status == "ok"}
+        base = {(r.model, r.prompt_len): r for r in group if backend_label(r) == baseline and r.status == "ok"}
         head = ["model", "backend", "prompt", "status", "TTFT p50 ms", "TPOT p50 ms", "prefill tok/s", "decode tok/s",
                 "peak mem"]
         if baseline:
             head += [f"TTFT vs {baseline}", f"TPOT vs {baseline}", f"mem vs {baseline}"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join("---" for _ in head) + "|")
-        for r in sorted(group, key=lambda r: (r.model, r.backend != baseline, r.backend, r.prompt_len)):
+        for r in sorted(group, key=lambda r: (r.model, backend_label(r) != baseline, backend_label(r), r.prompt_len)):
             ok = r.status == "ok"
             status = r.status if ok or not r.reason else f"{r.status}: {r.reason[:60]}"
-            cells = [r.model, r.backend, format_len(r.prompt_len), status.replace("|", "/"),
+            cells = [r.model, backend_label(r), format_len(r.prompt_len), status.replace("|", "/"),
                      _num(r.ttft_p50_ms), _num(r.tpot_p50_ms, "{:.2f}"), _num(r.prefill_tok_s, "{:.0f}"),
                      _num(r.decode_tok_s, "{:.1f}"), format_bytes(peak_memory(r)) if ok else "-"]
             if baseline:
@@ -90,7 +90,7 @@ def plot(rows: list[Row], out_dir: Path) -> list[Path]:
         for r in rows:
             y = peak_memory(r) if field is None else getattr(r, field)
             if r.status == "ok" and y:
-                series[(r.model, r.backend, r.device, r.dtype, r.prefill_mode)].append((r.prompt_len, y))
+                series[(r.model, backend_label(r), r.device, r.dtype, r.prefill_mode)].append((r.prompt_len, y))
         if not series:
             continue
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -117,9 +117,9 @@ def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = "e
     """Write report.md (+ PNG plots) into out_dir; returns the report path."""
     if not rows:
         raise EdgeportsError("no result rows to report (run `edgeports run` first)")
-    if baseline and baseline not in {r.backend for r in rows}:
-        raise EdgeportsError(f"baseline backend {baseline!r} has no rows (backends: "
-                             f"{', '.join(sorted({r.backend for r in rows}))})")
+    labels = {backend_label(r) for r in rows}
+    if baseline and baseline not in labels:
+        raise EdgeportsError(f"baseline backend {baseline!r} has no rows (backends: {', '.join(sorted(labels))})")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from edgeports.maxctx import approx_len
 from edgeports.measure.memory import format_bytes, parse_bytes
 from edgeports.measure.ops import CATEGORIES
 from edgeports.measure.roofline import declared_peaks
-from edgeports.measure.row import Row
+from edgeports.measure.row import Row, backend_label
 from edgeports.report import peak_memory
 
 STUDY_LEN = "57k"
@@ -125,7 +125,8 @@ def at_length(points: dict[int, float], n: int) -> tuple[float | None, bool]:
 
 
 def _setting(r: Row) -> tuple:
-    return tuple(getattr(r, k) for k in SETTING)
+    # a backend run with --opt settings is a setting of its own (compile[mode=jit] is not compile)
+    return tuple(backend_label(r) if k == "backend" else getattr(r, k) for k in SETTING)
 
 
 def _setting_label(s: tuple) -> str:
@@ -293,10 +294,10 @@ def maxctx_section(doc: Doc, mrows: list, budget: str) -> None:
         return
     doc.p("Bisected longest prompt whose prefill + decode fits the budget (the search limit shows as '>= limit'); "
           "projected: where the allocator peak's line over the fitting probes meets the budget.")
-    body = [[r.model, r.family, r.backend, r.prefill_mode, r.budget, describe(r),
+    body = [[r.model, r.family, backend_label(r), r.prefill_mode, r.budget, describe(r),
              format_len(r.fail_ctx) if r.fail_ctx else None, approx_len(r.projected_ctx) if r.projected_ctx else None,
              r.projection, r.status + (f": {r.reason}" if r.reason else ""), f"{r.search_s:.0f} s"]
-            for r in sorted(chosen, key=lambda r: (r.model, r.backend, r.prefill_mode, r.budget))]
+            for r in sorted(chosen, key=lambda r: (r.model, backend_label(r), r.prefill_mode, r.budget))]
     doc.table(["model", "family", "backend", "prefill", "budget", "max context", "first failure", "projected",
                "projection", "status", "search"], body)
 
@@ -314,7 +315,7 @@ def scan_section(doc: Doc, rows: list[Row], ops: list) -> None:
         r = by_key.get(o.cell_key)
         if r is None:
             continue
-        k = (r.model, r.family, r.backend, r.device, r.prefill_mode, r.prompt_len)
+        k = (r.model, r.family, backend_label(r), r.device, r.prefill_mode, r.prompt_len)
         table[k][o.phase][o.category] = o.share
         table[k][o.phase]["_total"] = table[k][o.phase].get("_total", 0.0) + o.time_ms
         source[k] = o.source
@@ -348,9 +349,9 @@ def roofline_section(doc: Doc, rows: list[Row]) -> None:
     doc.p("Analytic work (edgeports.measure.roofline) over the p50 time; bytes are compulsory traffic (a lower "
           "bound). Peaks: " + "; ".join(notes))
     body = []
-    for r in sorted(ok, key=lambda r: (r.model, r.backend, r.prefill_mode, r.prompt_len)):
+    for r in sorted(ok, key=lambda r: (r.model, backend_label(r), r.prefill_mode, r.prompt_len)):
         d = declared.get(r.platform_gpu) if r.device.startswith("cuda") else None
-        body.append([r.model, r.backend, r.prefill_mode, format_len(r.prompt_len), _si(r.prefill_flop_s, "FLOP/s"),
+        body.append([r.model, backend_label(r), r.prefill_mode, format_len(r.prompt_len), _si(r.prefill_flop_s, "FLOP/s"),
                      _frac(r.prefill_flop_s, r.peak_flop_s), _frac(r.prefill_flop_s, d.flop_s if d else None),
                      _si(r.decode_bytes_s, "B/s"),
                      _frac(r.decode_bytes_s, r.peak_bytes_s), _frac(r.decode_bytes_s, d.bytes_s if d else None)])
@@ -380,9 +381,9 @@ def energy_section(doc: Doc, rows: list[Row]) -> None:
         reasons = sorted({r.energy_reason for r in rows if r.status == "ok" and r.energy_reason})
         doc.p("No energy readings" + (f": {'; '.join(reasons)}." if reasons else "."))
         return
-    body = [[r.model, r.backend, r.prefill_mode, format_len(r.prompt_len), f"{r.energy_prefill_j:.3f}",
+    body = [[r.model, backend_label(r), r.prefill_mode, format_len(r.prompt_len), f"{r.energy_prefill_j:.3f}",
              f"{r.energy_per_token_j:.4f}" if r.energy_per_token_j is not None else None, r.energy_method]
-            for r in sorted(ok, key=lambda r: (r.model, r.backend, r.prefill_mode, r.prompt_len))]
+            for r in sorted(ok, key=lambda r: (r.model, backend_label(r), r.prefill_mode, r.prompt_len))]
     doc.table(["model", "backend", "prefill", "prompt", "J / prefill", "J / token", "method"], body)
 
 
@@ -442,7 +443,7 @@ def ops_plots(doc: Doc, rows: list[Row], ops: list) -> None:
         for o in ops:
             r = by_key.get(o.cell_key)
             if r is not None and o.phase == phase:
-                bars[(r.model, r.prompt_len, r.backend, r.prefill_mode)][o.category] = o.share
+                bars[(r.model, r.prompt_len, backend_label(r), r.prefill_mode)][o.category] = o.share
         if not bars:
             continue
         keys = sorted(bars)

@@ -34,7 +34,8 @@ from edgeports.lens import format_len, parse_lens
 from edgeports.measure import roofline
 from edgeports.measure.memory import parse_bytes
 from edgeports.measure.profile import profiled_keys, store_ops
-from edgeports.measure.row import CellConfig, Row, cell_key, now
+from edgeports.measure.row import CellConfig, Row, backend_label, cell_key, now
+from edgeports.options import Extra, canonical, options_for, parse_opts
 from edgeports.results import DEFAULT_DB, ResultStore
 from edgeports.runners.base import parse_prefill_mode
 
@@ -74,6 +75,7 @@ class SweepConfig:
     force: bool = False
     progress: bool = True
     profile: str | None = None  # "ops": a profiled pass per cell into the ops table (edgeports.measure.profile)
+    options: tuple[str, ...] = ()  # --opt texts: [BACKEND.]KEY=VALUE, export options (edgeports.options)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Cell(CellConfig):
 
     warmup: int = 1
     source: str = ""  # what --models named: a zoo name or a local HF directory (model is the spec's name)
+    extra: Extra = ()  # the backend's checked --opt pairs (ExportOptions.extra); backend_options is their text
 
     def config(self) -> dict[str, Any]:
         """The Row config fields of this cell."""
@@ -159,6 +162,8 @@ def plan(config: SweepConfig) -> Plan:
     if config.weights and len(specs) > 1:
         raise EdgeportsError("--weights applies to one model; run one --models at a time with it")
     backends, skipped = select(config.backends)
+    opts = parse_opts(config.options)
+    extras = {b.name: options_for(b, opts) for b in backends}
     weights = config.weights or f"random:{config.seed}"
     cells, unsupported = [], []
     for source, spec in specs.items():
@@ -169,7 +174,8 @@ def plan(config: SweepConfig) -> Plan:
                     cell = Cell(model=spec.name, arch=spec.arch, family=spec.family, backend=backend.name,
                                 device=device, dtype=dtype, batch=config.batch, prompt_len=n, decode_len=decode_len,
                                 prefill_mode=mode, mem_budget=budget, weights=weights, repeats=repeats,
-                                warmup=warmup, source=source)
+                                warmup=warmup, source=source, backend_options=canonical(extras[backend.name]),
+                                extra=extras[backend.name])
                     try:
                         backend.caps.check(backend.name, device, dtype, mode)
                     except EdgeportsError as e:
@@ -270,7 +276,7 @@ def _job(cells: list[Cell], config: SweepConfig, artifacts: Path) -> dict[str, A
     c = cells[0]
     return {"model": c.source or c.model, "backend": c.backend, "device": c.device, "dtype": c.dtype, "seed": config.seed,
             "weights": config.weights, "batch": c.batch, "mem_budget": c.mem_budget, "artifacts": str(artifacts),
-            "max_len": max(x.prompt_len + x.decode_len for x in cells),
+            "max_len": max(x.prompt_len + x.decode_len for x in cells), "extra": [list(p) for p in c.extra],
             "prefill_modes": sorted({x.prefill_mode for x in cells})}
 
 
@@ -411,8 +417,9 @@ def _earlier_cuts(store: ResultStore, cells: list[Cell], fp: dict[str, Any]) -> 
     cut: dict[tuple, tuple[int, str]] = {}
     c = cells[0]
     rows = store.rows("model = ? AND backend = ? AND device = ? AND dtype = ? AND batch = ? AND status = 'oom' "
-                      "AND decode_len = ? AND weights = ? AND mem_budget IS ?",
-                      (c.model, c.backend, c.device, c.dtype, c.batch, c.decode_len, c.weights, c.mem_budget))
+                      "AND decode_len = ? AND weights = ? AND mem_budget IS ? AND COALESCE(backend_options, '') = ?",
+                      (c.model, c.backend, c.device, c.dtype, c.batch, c.decode_len, c.weights, c.mem_budget,
+                       c.backend_options))
     for r in rows:
         if cell_key({**r.to_dict()}, fp) != r.cell_key:
             continue  # measured on another platform
@@ -455,7 +462,7 @@ class Progress:
 
     def advance(self, cell: Cell, row: Row | None) -> None:
         """One more cell finished (row None: already measured)."""
-        label = f"{cell.model} {cell.backend} {cell.prefill_mode} {format_len(cell.prompt_len)}"
+        label = f"{cell.model} {backend_label(cell)} {cell.prefill_mode} {format_len(cell.prompt_len)}"
         if row is not None and row.status != "ok":
             self.note(f"{label}: {row.status}" + (f" ({row.reason})" if row.reason else ""))
         if self._bar is not None:

@@ -5,7 +5,7 @@ worker answers on its original stdout (fd 1 is pointed at stderr, so library pri
 the protocol):
 
     parent -> {"model", "backend", "device", "dtype", "seed", "weights", "batch", "max_len",
-               "prefill_modes", "mem_budget", "artifacts"}
+               "prefill_modes", "mem_budget", "artifacts", "extra"}   (extra: [[key, value], ...] export options)
     worker -> {"type": "ready", "export_s", "export_reused", "load_s"[, "mem_split"]}  (mem_split: CUDA budgets)
            or {"type": "load_failed", "status": "error"|"oom"|"skipped", "reason"}  (then exits)
     parent -> {"id", "prompt_len", "decode_len", "prefill_mode", "repeats", "warmup", "profile"}   (repeated)
@@ -128,7 +128,8 @@ class Worker:
         self.spec = get_spec(job["model"])
         self.backend = get_backend(job["backend"])
         self.options = ExportOptions(dtype=job["dtype"], seed=job["seed"], weights=job["weights"],
-                                     batch=job["batch"], max_len=job["max_len"], device=job["device"])
+                                     batch=job["batch"], max_len=job["max_len"], device=job["device"],
+                                     extra=tuple(tuple(p) for p in job.get("extra", ())))
         artifact, reused = self.backend.prepare(self.spec, self.options, job["artifacts"])
         t0 = time.perf_counter()
         self.runner = self.backend.load(artifact, job["device"])

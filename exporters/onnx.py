@@ -153,6 +153,11 @@ def cache_mode(options: ExportOptions) -> str:
     return options.choice("onnx_cache", "static", CACHE_MODES)
 
 
+# the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options)
+OPTIONS = {"onnx_ssm": ssm_lowering, "onnx_attention": attention_lowering, "onnx_opset": opset,
+           "onnx_chunked": graphs, "onnx_cache": cache_mode}
+
+
 def cache_axes(lm: LM, batch: int, max_len: int) -> dict[str, tuple[int, int]]:
     """{slot: (axis, offset)} for the state dims that grow with max_len (size = max_len + offset): KV caches,
     Hymba's with its meta tokens; a ring cache shorter than max_len does not grow and stays static."""

@@ -191,6 +191,23 @@ def opt_lens(options: ExportOptions) -> tuple[int, ...]:
         raise EdgeportsError(f"trt_opt_lens must be a comma list of token counts, got {raw!r}") from None
 
 
+def ssm_mode(options: ExportOptions) -> str:
+    """options.extra["trt_ssm"], checked."""
+    return options.choice("trt_ssm", "plugin", SSM_MODES)
+
+
+def workspace_bytes(options: ExportOptions) -> int:
+    """options.extra["trt_workspace_gib"] (default 4) in bytes, checked."""
+    raw = options.get("trt_workspace_gib", 4)
+    try:
+        gib = float(raw)
+    except (TypeError, ValueError):
+        gib = 0.0
+    if not gib > 0:
+        raise EdgeportsError(f"option trt_workspace_gib must be a positive number of GiB, got {raw!r}")
+    return int(gib * 2**30)
+
+
 def length_buckets(max_len: int, opt_lens: tuple[int, ...] = DEFAULT_OPT_LENS) -> list[tuple[int, int, int]]:
     """Prefill profiles (min, opt, max) covering [1, max_len]: one per bucket, tuned at its upper end."""
     bounds = sorted({b for b in opt_lens if 0 < b < max_len}) + [max_len]
@@ -233,7 +250,7 @@ def build_engine(onnx_path: Path, sig: dict, graph: str, options: ExportOptions,
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EdgeportsError(f"TensorRT could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(float(options.get("trt_workspace_gib", 4)) * 2**30))
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(options))
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the per-layer profile
     if typing == "weak" and options.dtype != "float32":
         config.set_flag(trt.BuilderFlag.FP16 if options.dtype == "float16" else trt.BuilderFlag.BF16)
@@ -261,6 +278,18 @@ def _onnx_exporter():
     return onnx_exporter
 
 
+def _onnx_option(name: str):
+    """The ONNX exporter's checker `name`, for an onnx_* key a trt export passes on to it."""
+    return lambda options: getattr(_onnx_exporter(), name)(options)
+
+
+# the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options);
+# onnx_ssm is trt_ssm's to set, and onnx_attention=gqa has no TensorRT lowering
+OPTIONS = {"trt_ssm": ssm_mode, "trt_typing": typing_of, "trt_opt_lens": opt_lens, "trt_workspace_gib": workspace_bytes,
+           "onnx_opset": _onnx_option("opset"), "onnx_chunked": _onnx_option("graphs"),
+           "onnx_cache": _onnx_option("cache_mode")}
+
+
 def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
     """ONNX (via exporters/onnx.py) -> prefill.engine (+ prefill_next.engine) + decode.engine (+ the plugin
     library) + manifest."""
@@ -271,7 +300,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
                              "TensorRT's ONNX parser does not know: export for trt without it")
     t0 = time.perf_counter()
     import_tensorrt()
-    mode = options.choice("trt_ssm", "plugin", SSM_MODES)
+    mode = ssm_mode(options)
     spec = resolve_spec(source)
     facts = device_facts()
     plugin_path = plugin_library() if mode == "plugin" else None

@@ -52,11 +52,15 @@ class CellConfig(RunTarget):
     prefill_mode: str  # "full" | "chunk:<n>"
     mem_budget: int | None = None  # bytes; None = the whole device
     weights: str = "random:0"  # "random:<seed>" or a local checkpoint path
+    backend_options: str = ""  # the backend's --opt settings, "k=v,k=v" sorted (edgeports.options.canonical)
     repeats: int = 0
 
 
 # what identifies a measurement (with the platform id) for resume and dedup: the config, not how often
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(CellConfig) if f.name != "repeats")
+# config fields added after databases existed: they join a key only when set, so a row without them keeps
+# the key it had before (and an older database still resumes)
+OPTIONAL_KEY_FIELDS = ("backend_options",)
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,26 @@ def platform_id(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
+def key_hash(ident: list[Any], config: Any) -> str:
+    """A 16-hex-digit key of the identity list `ident`, extended by the OPTIONAL_KEY_FIELDS that `config` (a
+    mapping or an object with those attributes) sets; an unset one (absent, None, "") leaves the key as it
+    was before the field existed."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    ident = list(ident) + [[k, get(k)] for k in OPTIONAL_KEY_FIELDS if get(k)]
+    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+
+
 def cell_key(config: dict[str, Any], fingerprint: dict[str, Any]) -> str:
     """The identity of a cell on a platform: same key = same measurement (resume skips it)."""
-    key = json.dumps([config.get(k) for k in CONFIG_FIELDS] + [platform_id(fingerprint)])
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
+    fields = [k for k in CONFIG_FIELDS if k not in OPTIONAL_KEY_FIELDS]
+    return key_hash([config.get(k) for k in fields] + [platform_id(fingerprint)], config)
+
+
+def backend_label(row: Any) -> str:
+    """How reports name a row's backend: 'compile', or 'compile[mode=jit]' when it ran with --opt settings
+    (a Row, a MaxCtxRow or anything with backend and, optionally, backend_options)."""
+    options = getattr(row, "backend_options", None)
+    return f"{row.backend}[{options}]" if options else row.backend
 
 
 def now() -> str:
