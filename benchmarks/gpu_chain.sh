@@ -53,7 +53,8 @@ case $step in
 5)
   bash .ort5/install.sh && export PYTHONPATH=/tmp/ortsite${PYTHONPATH:+:$PYTHONPATH}
   # the tests that need onnxruntime-gpu (skipped in step 1, before it was installed)
-  timeout 90 python3 -m pytest -m gpu -q -rfE --tb=short -p no:cacheprovider -p no:logging tests/runners/test_ort_budget.py 2>&1 | quiet | tail -15
+  timeout 90 python3 -m pytest -m gpu -q -rfE --tb=short -p no:cacheprovider -p no:logging tests/runners/test_ort_budget.py \
+    tests/exporters/test_onnx_gqa.py 2>&1 | quiet | tail -15
   timeout 540 "${BENCH[@]}" --backends eager,compile-aot,ort-cuda --budget-s 420 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -45
   cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null

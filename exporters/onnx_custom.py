@@ -277,13 +277,18 @@ def group_query_attention(query, key, value, past_key, past_value, seqlens_k, to
 
 def gqa_attend(attn, q, k, v, states, ctx):
     """`Attention.attend` through one GroupQueryAttention: q[B,H,L,hd], new k/v[B,Hkv,L,hd] (rotated), caches
-    [B,Hkv,T,hd] -> (y[B,L,H*hd], [present k, present v]). seqlens_k and total_sequence_length come from
-    ctx.pos and L inside the graph."""
+    [B,Hkv,T,hd] -> (y[B,L,H*hd], [present k, present v]). seqlens_k (per row: tokens in the cache after
+    this call, minus one) comes from ctx.pos and L inside the graph; total_sequence_length from shapes only:
+    L for a fresh prompt (the op's "first prompt"), else the cache's capacity T (a continued prompt or a
+    decode step; the positions come from seqlens_k). The CUDA EP reads total_sequence_length on the host, and
+    a value computed from the device-resident pos reached it stale (decode errors of 3e-2 on tiny-llama, "total
+    sequence length must be positive" on a dynamic cache; H100, onnxruntime-gpu 1.31.1): shapes are host-side."""
     import torch
 
     B, H, L, hd = q.shape
-    total = (ctx.pos + L).to(torch.int32).reshape(())  # tokens in the cache after this call
-    seqlens = (total - 1).reshape(1).expand(B).contiguous()
+    capacity = states[0].shape[2]
+    total = torch.full((), L if ctx.first else capacity, dtype=torch.int32, device=q.device)
+    seqlens = (ctx.pos + L - 1).to(torch.int32).reshape(1).expand(B).contiguous()
     y, k_cache, v_cache = gqa_op()(q.transpose(1, 2).reshape(B, L, H * hd), k.transpose(1, 2).reshape(B, L, -1),
                                    v.transpose(1, 2).reshape(B, L, -1), states[0], states[1], seqlens, total,
                                    H, attn.n_kv_heads, float(attn.scaling), attn.sliding_window or -1)

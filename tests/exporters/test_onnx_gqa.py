@@ -93,6 +93,10 @@ def test_ort_runs_gqa_graphs_like_eager(tmp_path, name):
         assert windows == {m.sliding_window or -1 for m in lm.modules() if isinstance(m, Attention)}
         assert not ops[("", "Attention")] and not ops[("", "ScatterND")]  # no standard attention or cache write
         assert all(meta["inplace"][f"present.{s['name']}"] for s in art.state_layout if s["kind"] in ("k", "v"))
+        # total_sequence_length (input 6, read on the host by the CUDA EP) from shapes, never from a state
+        gqa_nodes = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+        assert not {i for n in gqa_nodes for i in _graph_inputs_under(nodes, n.input[6])} & \
+            {f"past.{s['name']}" for s in art.state_layout}
     runner, ref = ort.load(art, "cpu"), EagerRunner(lm, "cpu")
     ids = torch.randint(0, art.spec.config["vocab_size"], (1, 23))
     chunks = (None, 8) if "prefill_next" in art.shape_ranges["graphs"] else (None,)
@@ -102,6 +106,23 @@ def test_ort_runs_gqa_graphs_like_eager(tmp_path, name):
         errs = [_rel(runner.prefill(ids, chunk, max_len=MAX_LEN), ref.prefill(ids, chunk, max_len=MAX_LEN))]
         errs += [_rel(runner.decode(1), ref.decode(1)) for _ in range(4)]
         assert max(errs) < 1e-4, (chunk, errs)
+
+
+def _graph_inputs_under(nodes, value: str) -> set[str]:
+    """The names `value` is computed from that no node produces (graph inputs and initializers), not looking
+    past Shape nodes (a tensor's shape is known on the host without reading the tensor)."""
+    producer = {o: n for n in nodes for o in n.output}
+    seen, todo, leaves = set(), [value], set()
+    while todo:
+        v = todo.pop()
+        if v in seen or not v:
+            continue
+        seen.add(v)
+        if v in producer:
+            todo.extend(producer[v].input if producer[v].op_type != "Shape" else ())
+        else:
+            leaves.add(v)
+    return leaves
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -143,3 +164,33 @@ def test_cuda_ep_refuses_gqa_graphs(tmp_path):
                                              _opts(onnx_chunked=False)).path, "onnx")
     with pytest.raises(Unsupported, match="onnx_attention=standard"):
         ort.load(art, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name, monkeypatch):
+    """The validation the CUDA refusal waits for (EDGEPORTS_ORT_CUDA_GQA=1 lifts it): the CUDA EP's
+    GroupQueryAttention (fp16 only there) against eager fp32 with the same weights, a prompt crossing
+    tiny-qwen2's 8-key window, chunked where exported, then 4 decode steps."""
+    import onnxruntime
+
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("needs CUDA and onnxruntime-gpu (CUDAExecutionProvider)")
+    from edgeports.measure.parity import TOLERANCE, rel_err
+    from edgeports.runners import ort
+    from edgeports.runners.eager import EagerRunner
+
+    monkeypatch.setenv("EDGEPORTS_ORT_CUDA_GQA", "1")
+    config, extra = CASES[name]
+    opts = dataclasses.replace(_opts(**extra), dtype="float16")
+    art = read_artifact(onnx_exporter.export(_spec(name, **config), tmp_path / name, opts).path, "onnx")
+    runner = ort.load(art, "cuda")
+    assert runner.info["provider"] == "CUDAExecutionProvider"
+    ref = EagerRunner(build_lm(art.spec, art.options, "cuda").float(), "cuda")
+    ids = torch.randint(0, art.spec.config["vocab_size"], (1, 23), device="cuda")
+    for chunk in (None, 8) if "prefill_next" in art.shape_ranges["graphs"] else (None,):
+        errs = [rel_err(runner.prefill(ids, chunk, max_len=MAX_LEN), ref.prefill(ids, chunk, max_len=MAX_LEN))]
+        errs += [rel_err(runner.decode(1), ref.decode(1)) for _ in range(4)]
+        runner.reset()
+        ref.reset()
+        assert max(errs) < TOLERANCE["float16"], (chunk, errs)
