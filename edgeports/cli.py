@@ -103,8 +103,8 @@ def doctor():
 def _opt_option(what: str):
     """The repeatable --opt of export, run and maxctx (parsed and checked by edgeports.options)."""
     return click.option("--opt", "opts", multiple=True, metavar="[BACKEND.]KEY=VALUE",
-                        help=f"Backend export option, repeatable, {what} (e.g. mode=jit, fuse=false, onnx_opset=18, "
-                        "onnx_chunked=false, trt_ssm=onnx-ops); BACKEND.KEY=VALUE gives it to that backend only. "
+                        help=f"Backend export option {what}, repeatable: e.g. mode=jit, fuse=false, onnx_opset=18, "
+                        "onnx_chunked=false, trt_ssm=onnx-ops; BACKEND.KEY=VALUE gives it to that backend only. "
                         "A key the backend does not take is refused.")
 
 
@@ -191,7 +191,7 @@ def _sweep_options(f):
         click.option("--no-progress", "progress", is_flag=True, flag_value=False, default=True),
         click.option("--profile", type=click.Choice(["ops"]), default=d.profile, help="ops: one profiled prefill "
                      "+ decode per cell, the operator breakdown stored in the ops table."),
-        _opt_option("for every backend of the sweep (a row's backend_options column)"),
+        _opt_option("for every backend of the sweep, recorded in the rows' backend_options"),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -269,7 +269,7 @@ def report(db, out, baseline, no_plots, study, pairs, length, budget):
 @click.option("--db", default=DEFAULTS.db, show_default=True)
 @click.option("--artifacts", default=None, help="Artifact cache [default: <db dir>/artifacts].")
 @click.option("--force", is_flag=True, help="Search again where a result is stored.")
-@_opt_option("for every backend searched (a row's backend_options column)")
+@_opt_option("for every backend searched, recorded in the rows' backend_options")
 def maxctx(models, backends, budgets, prefill_modes, decode_len, device, dtype, start, max_len, resolution, confirm,
            timeout_s, load_timeout_s, seed, db, artifacts, force, opts):
     """Bisect the longest context whose prefill + decode fits a memory budget, per model, backend, budget

@@ -41,9 +41,8 @@ def declared(backend) -> dict[str, Callable[[Any], Any]]:
 def check(backend, extra: Extra) -> Extra:
     """`extra` as ExportOptions.extra for `backend`, every key declared by it and every value accepted by
     its checker (EdgeportsError otherwise, naming the --opt to fix)."""
-    from edgeports.exporters.base import ExportOptions
-
     from edgeports.backends import all_backends
+    from edgeports.exporters.base import ExportOptions
 
     known = declared(backend)
     for key, value in extra:

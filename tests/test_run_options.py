@@ -171,3 +171,15 @@ def test_jit_sweep_rows_then_an_option_less_sweep_measures_separately(tmp_path, 
     lines = [ln for ln in report.splitlines() if ln.startswith("| tiny-llama")]
     assert [ln.split(" | ")[1] for ln in lines] == ["compile", "compile[mode=jit]"]
     assert f"{jit.ttft_p50_ms / 1.0:.2f}x" in lines[1]  # compared against the option-less baseline
+
+
+@pytest.mark.parametrize("name", ["compile", "onnx", "trt"])
+def test_every_key_an_exporter_reads_is_declared(name):
+    """OPTIONS must list each extra key the exporter reads, or --opt would refuse a working option."""
+    import inspect
+    import re
+
+    module = get_backend(name).exporter
+    read = set(re.findall(r"""\.(?:choice|flag|integer|get)\(\s*["'](\w+)["']""", inspect.getsource(module)))
+    refused = {"trt": {"onnx_attention"}}.get(name, set())  # trt refuses onnx_attention=gqa itself
+    assert read and read - refused <= set(module.OPTIONS)
