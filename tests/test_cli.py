@@ -109,8 +109,11 @@ def test_interrupt_then_resume_keeps_rows_without_duplicates(tmp_path):
     args = ["run", "--backend", "eager", "--models", "tiny-llama", "--lens", "256-2k", "--db", str(db), *FAST]
     mark = f"edgeports-test-{uuid.uuid4().hex}"
     env = {**os.environ, "EDGEPORTS_FAULT": "hang:1024", "EDGEPORTS_TEST_MARK": mark}
+    # Ctrl-C's default handling in the child even when this test runs under a shell's `cmd &`, whose
+    # children inherit SIGINT ignored (the CLI would then, rightly, ignore it too)
     proc = subprocess.Popen([sys.executable, "-m", "edgeports.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # the worker hangs at 1k once 256 and 512 are stored
