@@ -26,6 +26,7 @@ import copy
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,9 @@ def _run_workers(args, argv: list[str], todo: list[tuple[str, str]], running: li
             if not _prep_file(args, name, backend).exists():  # the worker died before writing its record
                 _prep_file(args, name, backend).write_text(json.dumps({"error": f"worker exit {proc.returncode}"}))
             rec = json.loads(_prep_file(args, name, backend).read_text())
+            # an export's own Inductor cache is of no use once its artifact is written, and three models'
+            # caches and artifacts filled the GPU machine's 64 GiB disk (ENOSPC, H100, 2026-11-22)
+            shutil.rmtree(Path(args.workdir) / f"cache-{name}-{backend}", ignore_errors=True)
             print(f"prepared {name} {backend} in {time.perf_counter() - t0:.0f} s: "
                   f"{rec.get('error') or 'ok'} (at {time.perf_counter() - t_start:.0f} s)", flush=True)
         time.sleep(1)
