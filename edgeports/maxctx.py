@@ -189,7 +189,8 @@ def project(probes: list[Probe], budget: int | None) -> tuple[int | None, str]:
     if budget is None:
         return None, "no budget in bytes"
     if len({x for x, _ in pts}) < 2:
-        return None, "fewer than two fitting probes with an allocator peak (none on the CPU)"
+        return None, (f"{len(pts)} fitting probe(s) with an allocator peak, the line needs two"
+                      + (" (the CPU records no allocator peak)" if not any(p.peak for p in probes) else ""))
     n = len(pts)
     mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
     slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)

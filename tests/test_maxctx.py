@@ -70,7 +70,11 @@ def test_projection():
     assert at == 100_000 and "over 3 probes" in how
     flat = [mc.Probe(n, "ok", peak=5000) for n in (1024, 2048)]
     assert mc.project(flat, 10**6)[0] is None and "unbounded" in mc.project(flat, 10**6)[1]
-    assert mc.project([mc.Probe(1024, "ok")], 10**6)[0] is None  # no allocator peaks (CPU)
+    assert mc.project([mc.Probe(1024, "ok")], 10**6) == \
+        (None, "0 fitting probe(s) with an allocator peak, the line needs two (the CPU records no allocator peak)")
+    # one fitting probe on a GPU (the search started at its limit's half and the next probe timed out)
+    assert mc.project([mc.Probe(1024, "ok", 5000), mc.Probe(2048, "timeout")], 10**6) == \
+        (None, "1 fitting probe(s) with an allocator peak, the line needs two")
 
 
 def test_device_budget_is_refused_on_the_cpu(tmp_path):
