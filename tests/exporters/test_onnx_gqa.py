@@ -97,15 +97,23 @@ def test_ort_runs_gqa_graphs_like_eager(tmp_path, name):
         gqa_nodes = [n for n in nodes if n.op_type == "GroupQueryAttention"]
         assert not {i for n in gqa_nodes for i in _graph_inputs_under(nodes, n.input[6])} & \
             {f"past.{s['name']}" for s in art.state_layout}
-    runner, ref = ort.load(art, "cpu"), EagerRunner(lm, "cpu")
-    ids = torch.randint(0, art.spec.config["vocab_size"], (1, 23))
-    chunks = (None, 8) if "prefill_next" in art.shape_ranges["graphs"] else (None,)
     if name == "tiny-qwen2":  # the window cuts in
         assert {m.sliding_window for m in lm.modules() if isinstance(m, Attention)} == {8}
-    for chunk in chunks:
-        errs = [_rel(runner.prefill(ids, chunk, max_len=MAX_LEN), ref.prefill(ids, chunk, max_len=MAX_LEN))]
-        errs += [_rel(runner.decode(1), ref.decode(1)) for _ in range(4)]
+    for chunk, errs in _errors_against(ort.load(art, "cpu"), EagerRunner(lm, "cpu"), art, "cpu").items():
         assert max(errs) < 1e-4, (chunk, errs)
+
+
+def _errors_against(runner, ref, art, device: str) -> dict[int | None, list[float]]:
+    """Per prefill chunking the artifact has (whole, and chunks of 8 where prefill_next exists): the relative
+    errors of a 23-token prefill (fresh random ids) and of 4 decode steps after it, runner against ref."""
+    from edgeports.measure.parity import rel_err
+
+    ids = torch.randint(0, art.spec.config["vocab_size"], (1, 23), device=device)
+    out = {}
+    for chunk in (None, 8) if "prefill_next" in art.shape_ranges["graphs"] else (None,):
+        errs = [rel_err(runner.prefill(ids, chunk, max_len=MAX_LEN), ref.prefill(ids, chunk, max_len=MAX_LEN))]
+        out[chunk] = errs + [rel_err(runner.decode(1), ref.decode(1)) for _ in range(4)]
+    return out
 
 
 def _graph_inputs_under(nodes, value: str) -> set[str]:
@@ -123,10 +131,6 @@ def _graph_inputs_under(nodes, value: str) -> set[str]:
         else:
             leaves.add(v)
     return leaves
-
-
-def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((x - ref).abs().max() / ref.abs().max())
 
 
 def test_gqa_graph_is_length_independent():
@@ -176,7 +180,7 @@ def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name, monkeypatch):
 
     if not torch.cuda.is_available() or "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("needs CUDA and onnxruntime-gpu (CUDAExecutionProvider)")
-    from edgeports.measure.parity import TOLERANCE, rel_err
+    from edgeports.measure.parity import TOLERANCE
     from edgeports.runners import ort
     from edgeports.runners.eager import EagerRunner
 
@@ -187,10 +191,5 @@ def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name, monkeypatch):
     runner = ort.load(art, "cuda")
     assert runner.info["provider"] == "CUDAExecutionProvider"
     ref = EagerRunner(build_lm(art.spec, art.options, "cuda").float(), "cuda")
-    ids = torch.randint(0, art.spec.config["vocab_size"], (1, 23), device="cuda")
-    for chunk in (None, 8) if "prefill_next" in art.shape_ranges["graphs"] else (None,):
-        errs = [rel_err(runner.prefill(ids, chunk, max_len=MAX_LEN), ref.prefill(ids, chunk, max_len=MAX_LEN))]
-        errs += [rel_err(runner.decode(1), ref.decode(1)) for _ in range(4)]
-        runner.reset()
-        ref.reset()
+    for chunk, errs in _errors_against(runner, ref, art, "cuda").items():
         assert max(errs) < TOLERANCE["float16"], (chunk, errs)
