@@ -126,6 +126,20 @@ def _prep_file(args, name: str, backend: str) -> Path:
     return Path(args.workdir) / f"prep-{name}-{args.dtype}-{backend}.json"
 
 
+def _measure_file(args, name: str, backend: str) -> Path:
+    return Path(args.workdir) / f"measure-{name}-{args.dtype}-{backend}.json"
+
+
+def _export_cache(args, name: str, backend: str) -> Path:
+    """An export worker's own Inductor and Triton caches."""
+    return Path(args.workdir) / f"cache-{name}-{backend}"
+
+
+def _error_text(e: Exception) -> str:
+    """A recorded failure: the exception's type and first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
 def _record(args, name: str, backend: str) -> dict | None:
     """A worker's record for (model, backend) made for this run's max_len (a record without one predates the
     key and is taken as it is), else None: an artifact for shorter prompts cannot be loaded for these."""
@@ -169,7 +183,7 @@ def prepare_one(args, name: str, backend: str) -> int:
             rec["artifact"] = str(PREPARE[backend](lm, args))
         rec["setup_s"] = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - recorded; the measuring process reports it for this backend
-        rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        rec = {"error": _error_text(e)}
     f = _prep_file(args, name, backend)
     f.with_suffix(".tmp").write_text(json.dumps({**rec, "max_len": args.max_len}))
     f.with_suffix(".tmp").replace(f)  # whole or absent, should the worker be killed
@@ -203,7 +217,7 @@ def _run_workers(args, argv: list[str], todo: list[tuple[str, str]], running: li
                 # a package is zipped from files in Inductor's cache: a concurrent compile of the same kernels
                 # rewrote one mid-write on the H100 ("inline_container.cc: unexpected pos"), so exports compile
                 # in caches of their own
-                cache = Path(args.workdir) / f"cache-{name}-{backend}"
+                cache = _export_cache(args, name, backend)
                 env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
             with open(_prep_file(args, name, backend).with_suffix(".log"), "w") as log:  # the child keeps its own fd
                 proc = subprocess.Popen([sys.executable, __file__, *argv, "--prepare-one", name, backend],
@@ -219,7 +233,7 @@ def _run_workers(args, argv: list[str], todo: list[tuple[str, str]], running: li
             rec = json.loads(_prep_file(args, name, backend).read_text())
             # an export's own Inductor cache is of no use once its artifact is written, and three models'
             # caches and artifacts filled the GPU machine's 64 GiB disk (ENOSPC, H100, 2026-11-22)
-            shutil.rmtree(Path(args.workdir) / f"cache-{name}-{backend}", ignore_errors=True)
+            shutil.rmtree(_export_cache(args, name, backend), ignore_errors=True)
             print(f"prepared {name} {backend} in {time.perf_counter() - t0:.0f} s: "
                   f"{rec.get('error') or 'ok'} (at {time.perf_counter() - t_start:.0f} s)", flush=True)
         time.sleep(1)
@@ -322,7 +336,7 @@ def measure_in_child(args, name: str, backend: str, copy_gbs: float) -> dict:
     """Setup, parity and timings of one (model, backend) in a child process (--isolate): a native crash there
     (AOTInductor's loader segfaulted on the H100) becomes this backend's error instead of the end of the run.
     The child builds the model with the same seed (the same weights) and its own eager parity reference."""
-    record = Path(args.workdir) / f"measure-{name}-{args.dtype}-{backend}.json"
+    record = _measure_file(args, name, backend)
     record.unlink(missing_ok=True)
     log_path = record.with_suffix(".log")
     with open(log_path, "w") as log:
@@ -355,9 +369,8 @@ def measure_one(args, name: str, backend: str) -> int:
         rec = {"setup_s": setup_s, **notes, **bench_backend(lm, runner, reference, args, args.copy_gbs)}
         runner.close()
     except Exception as e:  # noqa: BLE001 - recorded for the parent
-        rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
-    path = Path(args.workdir) / f"measure-{name}-{args.dtype}-{backend}.json"
-    path.write_text(json.dumps(rec, default=str))
+        rec = {"error": _error_text(e)}
+    _measure_file(args, name, backend).write_text(json.dumps(rec, default=str))
     return 0
 
 
