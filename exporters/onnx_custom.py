@@ -31,7 +31,8 @@ with the inputs and attributes of ORT's ContribOperators contract that we use:
 
     GroupQueryAttention(query [B,S,N*hd], key [B,S,Nkv*hd], value [B,S,Nkv*hd],
                         past_key [B,Nkv,T,hd], past_value [B,Nkv,T,hd],
-                        seqlens_k int32 [B] (= tokens after this call - 1), total_sequence_length int32 [])
+                        seqlens_k int32 [B] (= tokens after this call - 1),
+                        total_sequence_length int32 [] (= S for a fresh prompt, else T; from shapes only))
         -> (output [B,S,N*hd], present_key [B,Nkv,T,hd], present_value [B,Nkv,T,hd])
         attrs num_heads, kv_num_heads, scale, local_window_size (-1: none), do_rotary 0
 
