@@ -88,26 +88,36 @@ def setup_compile_aot(lm, args):
     return runner, setup_s, {"export_s": round(setup_s, 1)}
 
 
-def export_onnx(lm, args) -> Path:
-    """ONNX graphs of the LM (standard SSM and attention lowerings, KV caches sized per prompt) in the
-    workdir; traced on the host CPU (an ONNX graph has no device). Not onnx_attention=gqa: the CUDA EP fails
-    parity on it (runners/ort.py)."""
+def export_onnx(lm, args, attention: str = "standard") -> Path:
+    """ONNX graphs of the LM (standard SSM lowering, KV caches sized per prompt) in the workdir; traced on the
+    host CPU (an ONNX graph has no device). `attention`: the exporter's onnx_attention lowering."""
     from edgeports.exporters import onnx as onnx_exporter
     from edgeports.exporters.base import ExportOptions
 
-    extra = (("onnx_chunked", False), ("onnx_cache", "dynamic"))
+    extra = (("onnx_chunked", False), ("onnx_cache", "dynamic"), ("onnx_attention", attention))
     options = ExportOptions(dtype=args.dtype, max_len=args.max_len, extra=extra)
-    return onnx_exporter.export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-onnx", options).path
+    return onnx_exporter.export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-onnx-{attention}",
+                                options).path
 
 
-def setup_ort_cuda(lm, args):
-    """ONNX Runtime's CUDA EP on the ONNX export of the same LM, with IO binding and the state on the device;
+def export_onnx_gqa(lm, args) -> Path:
+    """The ONNX export with attention as com.microsoft GroupQueryAttention (onnx_attention=gqa); refused for a
+    model without attention, whose graphs would be the standard export's."""
+    from edgeports.exporters.onnx import gqa_applicable
+
+    if not gqa_applicable(lm):
+        raise RuntimeError(f"{lm.spec.name} has no attention: its gqa export is the standard one (see ort-cuda)")
+    return export_onnx(lm, args, "gqa")
+
+
+def _ort_cuda(lm, args, backend: str, export_fn):
+    """ONNX Runtime's CUDA EP on an ONNX export of the same LM, with IO binding and the state on the device;
     setup = export + sessions. Needs onnxruntime-gpu (../shared/tools/ort-gpu-parts.sh, then
     PYTHONPATH=/tmp/ortsite)."""
     from edgeports.exporters.base import read_artifact
     from edgeports.runners.ort import load
 
-    path, export_s = _exported(lm, args, "ort-cuda", export_onnx)
+    path, export_s = _exported(lm, args, backend, export_fn)
     t0 = time.perf_counter()
     runner = load(read_artifact(path, backend="onnx"), DEV)
     sessions_s = time.perf_counter() - t0
@@ -115,10 +125,23 @@ def setup_ort_cuda(lm, args):
                                            "provider": runner.info["provider"]}
 
 
+def setup_ort_cuda(lm, args):
+    """The standard lowering under ONNX Runtime's CUDA EP."""
+    return _ort_cuda(lm, args, "ort-cuda", export_onnx)
+
+
+def setup_ort_cuda_gqa(lm, args):
+    """The GroupQueryAttention lowering under the CUDA EP, which the ORT runner refuses unless
+    EDGEPORTS_ORT_CUDA_GQA=1 (its CUDA parity is what this benchmark checks first)."""
+    os.environ["EDGEPORTS_ORT_CUDA_GQA"] = "1"
+    return _ort_cuda(lm, args, "ort-cuda-gqa", export_onnx_gqa)
+
+
 BACKENDS = {"eager": setup_eager, "compile-jit": setup_compile_jit, "compile-aot": setup_compile_aot,
-            "ort-cuda": setup_ort_cuda}
+            "ort-cuda": setup_ort_cuda, "ort-cuda-gqa": setup_ort_cuda_gqa}
 # the work a --jobs worker does ahead of the measurements: an export, or (JIT) a compile that fills the caches
-PREPARE = {"compile-jit": None, "compile-aot": export_compile_aot, "ort-cuda": export_onnx}
+PREPARE = {"compile-jit": None, "compile-aot": export_compile_aot, "ort-cuda": export_onnx,
+           "ort-cuda-gqa": export_onnx_gqa}
 
 
 # ---- preparing in parallel (--jobs) -------------------------------------------------------------------
@@ -254,7 +277,7 @@ def bench_backend(lm, runner, reference, args, copy_gbs: float) -> dict:
     vocab = lm.spec.config["vocab_size"]
     out: dict = {"prefill_ms": {}, "decode_ms": {}, "roofline_ms": {}, "state_bytes": {}}
     if reference is not runner:
-        ids = prompt_ids(vocab, 1, parity.PARITY_LEN, DEV, seed=1)
+        ids = prompt_ids(vocab, 1, parity.prompt_len(args.max_len), DEV, seed=1)
         check = parity.check(runner, reference, ids, None, args.dtype)
         out["parity"] = check.text
         if not check.ok:

@@ -9,24 +9,28 @@
 #      the machine)
 #   2. wait for the preparing workers, print their outcome
 #   3. issue 5's table: eager vs compile-jit vs compile-aot, the machine otherwise idle
-#   4. the part, and (when results/prev/study.db is carried: carry [".ort4", "results/prev"]) a search of
+#   4. the part; where does a JIT decode step go (benchmarks/decode_profile.py on PROFILE_MODELS, default the
+#      two SSMs); and (when results/prev/study.db is carried: carry [".ort4", "results/prev"]) a search of
 #      issue 9's store given in MAXCTX_MODELS (default mamba2-1.3b) again, full prefill at 24 GiB up to 512k
-#   5. install onnxruntime-gpu; issue 6's table: eager vs compile-aot vs ort-cuda
-# About 20 minutes held in all (2026-11-22, H100). The study of issue 9 is one call of its own:
+#   5. install onnxruntime-gpu; issue 6's table: eager vs ort-cuda (standard lowering) vs ort-cuda-gqa
+#      (attention as GroupQueryAttention; llama only)
+# MODELS (the same in every call; default the three of the issues) picks the benchmarked models: three
+# models' AOT packages and ONNX exports filled the 64 GiB disk once. About 20 minutes held in all (2026-11-22,
+# H100). The study of issue 9 is one call of its own:
 #   source benchmarks/gpu_setup.sh && bash benchmarks/study_gpu.sh
 set -uo pipefail
 step=${1:?usage: gpu_chain.sh STEP (1..5)}
 OUT=${OUT:-/tmp/chain-out}
 mkdir -p /tmp/parts "$OUT" && cp .ort"$step"/ortpart.* /tmp/parts/
 source benchmarks/gpu_setup.sh >/dev/null
-BENCH=(python3 benchmarks/backends.py --models llama-3.2-1b,mamba2-2.7b,mamba-2.8b --dtype float16
+BENCH=(python3 benchmarks/backends.py --models "${MODELS:-llama-3.2-1b,mamba2-2.7b,mamba-2.8b}" --dtype float16
        --lens 1k,4k,16k,64k --decode-lens 1k,16k --repeats 2 --workdir /tmp/bw)
 # drop warnings and traced-shape debug lines, but keep pytest's count line ("1 failed, 60 passed, 9 warnings in ...")
 quiet() { awk '/ passed| failed/ || !(/[Ww]arn|^DEBUG|return cls.__new__|ScatterND/)' || true; }
 
 case $step in
 1)
-  setsid nohup "${BENCH[@]}" --backends eager,compile-jit,compile-aot,ort-cuda --jobs 5 --prepare-only \
+  setsid nohup "${BENCH[@]}" --backends eager,compile-jit,compile-aot,ort-cuda,ort-cuda-gqa --jobs 5 --prepare-only \
     >/tmp/prep.log 2>&1 </dev/null &
   timeout 500 python3 -m pytest -m gpu -q -rfE --tb=line -p no:cacheprovider -p no:logging tests 2>&1 | quiet | tail -30
   ;;
@@ -42,7 +46,9 @@ case $step in
   cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null
   ;;
 4)
-  echo "part 4 copied"
+  echo "part 4 copied"; df -h /tmp | tail -1
+  timeout 420 python3 benchmarks/decode_profile.py ${PROFILE_MODELS:-mamba2-2.7b mamba-2.8b} --dtype float16 \
+    --out "$OUT/decode_profile.json" 2>&1 | quiet | tail -60
   if [ -f results/prev/study.db ]; then
     timeout -s INT 500 edgeports maxctx --models "${MAXCTX_MODELS:-mamba2-1.3b}" --backend eager --mem-budget 24GiB \
       --prefill full --decode 16 --start 64k --max-len 512k --resolution 0.125 --no-confirm --force \
@@ -55,7 +61,7 @@ case $step in
   # the tests that need onnxruntime-gpu (skipped in step 1, before it was installed)
   timeout 90 python3 -m pytest -m gpu -q -rfE --tb=short -p no:cacheprovider -p no:logging tests/runners/test_ort_budget.py \
     tests/exporters/test_onnx_gqa.py 2>&1 | quiet | tail -15
-  timeout 540 "${BENCH[@]}" --backends eager,compile-aot,ort-cuda --budget-s 420 --out "$OUT/ort.json" 2>&1 \
+  timeout 540 "${BENCH[@]}" --backends eager,ort-cuda,ort-cuda-gqa --budget-s 420 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -45
   cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null
   ;;
