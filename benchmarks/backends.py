@@ -74,7 +74,8 @@ def export_compile_aot(lm, args) -> Path:
     from edgeports.exporters.base import ExportOptions
     from edgeports.exporters.compile import export
 
-    options = ExportOptions(dtype=args.dtype, max_len=args.max_len, device=DEV, extra=(("chunked", False),))
+    extra = (("chunked", False), ("weights", args.aot_weights))
+    options = ExportOptions(dtype=args.dtype, max_len=args.max_len, device=DEV, extra=extra)
     return export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-aot", options).path
 
 
@@ -458,6 +459,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None,
                    help="keep exported artifacts and worker records here (default: a temporary directory); a "
                         "later run with the same --workdir, models, dtype and lengths reuses them")
+    p.add_argument("--aot-weights", default="auto", choices=["auto", "shared", "embedded"],
+                   help="where compile-aot packages keep their weights (exporter option weights)")
     p.add_argument("--prepare-only", action="store_true", help="with --jobs: prepare, then stop")
     p.add_argument("--prepare-one", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--measure-one", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)

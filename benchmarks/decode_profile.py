@@ -36,7 +36,7 @@ def kind_of(name: str) -> str:
 
 
 def profile_model(name: str, dtype: torch.dtype, layers: int | None, prompt: int, steps: int, copy_gbs: float,
-                  top: int) -> dict:
+                  top: int, freeze: bool = True) -> dict:
     """Build `name` on the GPU, compile it as compile-jit does, decode after a `prompt`-token prefill; return
     the step's timing, roofline share and kernel breakdown."""
     from torch.profiler import ProfilerActivity, profile
@@ -52,7 +52,8 @@ def profile_model(name: str, dtype: torch.dtype, layers: int | None, prompt: int
         lm = arch_module(spec.arch).build(spec)
     lm = lm.to(dtype=dtype).eval().requires_grad_(False)
     t0 = time.perf_counter()
-    runner = JitRunner(lm, "cuda", batch=1, chunked=False)
+    torch.cuda.reset_peak_memory_stats()
+    runner = JitRunner(lm, "cuda", batch=1, chunked=False, freeze=freeze)
     compile_s = time.perf_counter() - t0
     ids = torch.randint(0, spec.config["vocab_size"], (1, prompt), device="cuda")
     runner.prefill(ids, max_len=prompt + 4 * steps + 16)
@@ -76,6 +77,8 @@ def profile_model(name: str, dtype: torch.dtype, layers: int | None, prompt: int
         acc[1] += e.count / steps
     largest = sorted(events, key=lambda e: -e.self_device_time_total)[:top]
     return {"model": name, "layers": layers or spec.config.get("num_hidden_layers"), "dtype": str(dtype),
+            "freeze": freeze, "weight_gib": round(runner.weight_bytes / 2**30, 2),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "compile_s": round(compile_s, 1), "wall_ms": round(wall_ms, 4), "kernels_ms": round(kernels_ms, 4),
             "roofline_ms": round(roof_ms, 4), "pct_roofline": round(100 * roof_ms / wall_ms, 1),
             "kernels_per_step": round(sum(e.count for e in events) / steps), "cuda_graph": runner.info.get("cuda_graph"),
@@ -86,7 +89,8 @@ def profile_model(name: str, dtype: torch.dtype, layers: int | None, prompt: int
 
 def show(r: dict) -> str:
     """A few lines per model for the console."""
-    lines = [f"{r['model']} ({r['layers']} layers, {r['dtype']}): {r['wall_ms']:.3f} ms/step wall, kernels "
+    lines = [f"{r['model']} ({r['layers']} layers, {r['dtype']}, freeze {r['freeze']}, weights {r['weight_gib']} "
+             f"GiB, peak {r['peak_gib']} GiB): {r['wall_ms']:.3f} ms/step wall, kernels "
              f"{r['kernels_ms']:.3f} ms, roofline {r['roofline_ms']:.3f} ms = {r['pct_roofline']}%, "
              f"{r['kernels_per_step']} kernels/step, compile {r['compile_s']} s, graph: {r['cuda_graph']}"]
     lines += [f"  {k:17s} {v['ms']:7.3f} ms  x{v['per_step']}" for k, v in r["by_kind"].items()]
@@ -103,6 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--no-freeze", action="store_true", help="compile decode without freezing the weights")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
     for name in args.models:
         try:
             r = profile_model(name, getattr(torch, args.dtype), args.layers, args.prompt, args.steps, copy_gbs,
-                              args.top)
+                              args.top, freeze=not args.no_freeze)
         except Exception as e:  # noqa: BLE001 - one model's failure must not lose the others' profiles
             r = {"model": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"{name}: {r['error']}", flush=True)

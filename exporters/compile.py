@@ -100,8 +100,29 @@ def kinds_of(options: ExportOptions) -> tuple[str, ...]:
     return KINDS if options.flag("chunked", True) else ("prefill", "decode")
 
 
+def freezes(options: ExportOptions) -> bool:
+    """Whether a CUDA JIT decode program is compiled with Inductor's freezing (extra "freeze", default on).
+
+    Freezing makes the weights constants of the compiled step, so the work that depends on weights alone
+    (an SSM's A = -exp(A_log), the float32 casts of D and dt_bias, their broadcasts) is folded once at compile
+    time instead of running as a few small kernels per layer in every decode step (H100 profile of
+    mamba2-2.7b: 4-5 such kernels per layer). CPU programs never freeze: there Inductor also pre-packs the
+    weights, a second copy of them."""
+    return options.flag("freeze", True)
+
+
+WEIGHT_MODES = ("auto", "shared", "embedded")
+
+
+def weights_mode(options: ExportOptions) -> str:
+    """Where AOT packages keep their weights (extra "weights"): "shared" (one weights.safetensors bound to
+    every package at load), "embedded" (a copy inside each package), or "auto" (shared on the CPU, embedded
+    on CUDA; see `_shares_weights`)."""
+    return options.choice("weights", "auto", WEIGHT_MODES)
+
+
 # the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options)
-OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of}
+OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of, "freeze": freezes, "weights": weights_mode}
 
 
 class InPlaceStep(nn.Module):
@@ -227,12 +248,18 @@ def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _shares_weights(device: torch.device) -> bool:
-    """Keep the weights out of the packages, so prefill and decode share one device copy (CPU only). On CUDA
-    (torch 2.11, H100), loading a package compiled with package_constants_in_so=False killed the process
-    inside aoti_load_package (a segfault, no Python error), so CUDA packages embed their weights: one copy
-    per package, which the runner reports in its weight bytes."""
-    return device.type == "cpu" and hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
+def _shares_weights(mode: str, device: torch.device) -> bool:
+    """Whether the weights stay out of the packages, so that prefill and decode share one device copy.
+
+    "auto" shares on the CPU only. On CUDA (torch 2.11, H100), loading a package compiled with
+    package_constants_in_so=False once killed the process inside aoti_load_package (a segfault, no Python
+    error; that loader also retried with its legacy path on any error), so CUDA packages embed their weights
+    by default: one copy per package, which the runner reports in its weight bytes."""
+    can_share = hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
+    if mode == "shared" and not can_share:
+        raise EdgeportsError(f"--opt weights=shared needs a torch whose AOTInductor can leave constants out of a "
+                             f"package (torch {torch.__version__} cannot); use weights=embedded")
+    return can_share and (mode == "shared" or mode == "auto" and device.type == "cpu")
 
 
 def tuning_of(kind: str, device: torch.device) -> dict[str, Any]:
@@ -340,7 +367,9 @@ def reported(spec: ModelSpec, what: str) -> Iterator[None]:
 
 def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) -> Artifact:
     """Write a compile artifact: AOTInductor packages (mode aot) or the eager artifact (mode jit)."""
-    fuse, kinds = fuses(options), kinds_of(options)  # checked before any work, in both modes
+    # checked before any work, in both modes
+    fuse, kinds, weights = fuses(options), kinds_of(options), weights_mode(options)
+    freezes(options)
     if mode_of(options) == "jit":
         from edgeports.exporters import eager
 
@@ -365,7 +394,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     fused_names = not has_unfused_projections(lm)
     lm.requires_grad_(False).eval()
     device = lm.head_device()
-    share = _shares_weights(device)
+    share = _shares_weights(weights, device)
     batch, max_len = options.batch, options.max_len
     with stage(out_dir) as tmp:
         programs: dict[str, dict[str, Any]] = {}

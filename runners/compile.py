@@ -42,6 +42,7 @@ from edgeports.exporters.compile import (
     WEIGHTS_FILE,
     InPlaceStep,
     failure,
+    freezes,
     fuses,
     kinds_of,
     mode_of,
@@ -170,9 +171,11 @@ class CompiledRunner(StepRunner):
 class JitRunner(CompiledRunner):
     """Our LM compiled with torch.compile in this process (see the module docstring)."""
 
-    def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True):
+    def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True,
+                 freeze: bool = True):
         """Compiles `lm` (its q/k/v and gate/up projections fused in place when `fuse`, see
-        edgeports.models.fuse: pass a copy to keep the original)."""
+        edgeports.models.fuse: pass a copy to keep the original; on CUDA its decode step with the weights
+        frozen into it when `freeze`, see exporters/compile.freezes)."""
         from edgeports.models.fuse import fuse_projections
 
         lm.requires_grad_(False).eval()
@@ -185,7 +188,8 @@ class JitRunner(CompiledRunner):
         self._dims = state_len_dims(lm, batch, WARM_STATE_LEN)
         self._compiled: set[str] = set()
         self._warm = False
-        self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused)
+        self._freeze = freeze and self.device.type == "cuda"
+        self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused, frozen_decode=self._freeze)
         t0 = time.perf_counter()
         ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, WARM_LEN), device=self.device)
         with torch.inference_mode():  # settle lazy module attributes before dynamo guards on them
@@ -209,8 +213,9 @@ class JitRunner(CompiledRunner):
             for t, dims in zip(state, self._dims, strict=True):
                 for d in dims:  # dict {dim: offset}
                     torch._dynamo.mark_dynamic(t, d)
-            try:
-                out = super().call(kind, ids, state)
+            try:  # freezing is read when Inductor compiles, which is now (torch.compile's options miss it)
+                with torch._inductor.config.patch(freezing=self._freeze and kind == "decode"):
+                    out = super().call(kind, ids, state)
             except Exception as e:
                 raise failure(self.lm.spec, f"torch.compile of the {kind} program", e) from e
             self._compiled.add(kind)
@@ -377,7 +382,7 @@ def load(artifact: Artifact, device: str) -> CompiledRunner:
 
         lm = load_lm(artifact, device)
         return JitRunner(lm, device, artifact.options.batch, chunked="prefill_cont" in kinds_of(artifact.options),
-                         fuse=fuses(artifact.options))
+                         fuse=fuses(artifact.options), freeze=freezes(artifact.options))
     return AotRunner(artifact, device)
 
 

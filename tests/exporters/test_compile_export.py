@@ -294,14 +294,22 @@ def test_unfused_export_through_the_runner(tmp_path):
     assert rel_err(runner.decode(3), ref.decode(3)) < TOL
 
 
-def test_jit_artifact_passes_fuse_to_the_runner(tmp_path, monkeypatch):
+@pytest.mark.parametrize("key", ["fuse", "freeze"])
+def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key):
     seen = []
-    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, fuse: seen.append(fuse))
+    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, **kw: seen.append(kw[key]))
     for value, want in (("false", False), (None, True)):
-        extra = (("mode", "jit"),) + ((("fuse", value),) if value else ())
+        extra = (("mode", "jit"),) + (((key, value),) if value else ())
         art = cexport.export(get_spec("tiny-llama"), tmp_path / str(value), ExportOptions(max_len=MAX_LEN, extra=extra))
         crun.load(read_artifact(art.path, backend="compile"), "cpu")
         assert seen.pop() is want
+
+
+def test_weights_option_is_checked_before_any_work(tmp_path):
+    options = ExportOptions(max_len=MAX_LEN, extra=(("weights", "inside"),))
+    with pytest.raises(EdgeportsError, match="weights must be one of auto, shared, embedded"):
+        cexport.export(get_spec("tiny-llama"), tmp_path / "a", options)
+    assert not (tmp_path / "a").exists()
 
 
 def test_fused_lm_exported_with_fuse_off_records_fused_names(tmp_path, monkeypatch):
@@ -335,18 +343,17 @@ def test_prefill_length_range_is_checked(monkeypatch):
         cexport.export_program(lm, "prefill", 1, MAX_LEN)
 
 
-def test_embedded_weights_travel_as_a_blob(tmp_path, monkeypatch):
-    """CUDA packages embed their weights (exporters/compile.py `_shares_weights`); forced here on the CPU: the
-    weights sit in each package as a binary blob beside the library (not appended to it), the runner loads
-    them without the weights file and matches eager."""
+def test_embedded_weights_travel_as_a_blob(tmp_path):
+    """CUDA packages embed their weights by default (exporters/compile.py `_shares_weights`); asked for here on
+    the CPU (--opt weights=embedded): the weights sit in each package as a binary blob beside the library (not
+    appended to it), the runner loads them without the weights file and matches eager."""
     import zipfile
 
     if not hasattr(torch._inductor.config.aot_inductor, "package_constants_on_disk_format"):
         pytest.skip("this torch has no aot_inductor.package_constants_on_disk_format")
-    monkeypatch.setattr(cexport, "_shares_weights", lambda device: False)
     spec = dataclasses.replace(get_spec("tiny-mamba2"), config={**get_spec("tiny-mamba2").config,
                                                                 "num_hidden_layers": 1})
-    options = ExportOptions(dtype="float32", max_len=MAX_LEN, extra=(("chunked", False),))
+    options = ExportOptions(dtype="float32", max_len=MAX_LEN, extra=(("chunked", False), ("weights", "embedded")))
     art = read_artifact(cexport.export(spec, tmp_path / "a", options).path, backend="compile")
     assert json.loads(art.file(cexport.PROGRAMS_FILE).read_text())["weights"] == "embedded"
     for kind in ("prefill", "decode"):
