@@ -5,17 +5,18 @@
 #   call i (1..5): carry [".ort<i>"], command: bash benchmarks/gpu_chain.sh <i>
 # fp16 throughout (ONNX Runtime's CUDA EP covers fp16 far better than bf16). What each step does:
 #   1. in the background: every export and JIT compile the benchmarks need (backends.py --jobs, kept in
-#      /tmp/bw); in the foreground meanwhile: the whole GPU test suite (correctness only, so it may share
-#      the machine)
+#      /tmp/bw); in the foreground meanwhile: the GPU tests (TESTS, default all; correctness only, so they
+#      may share the machine)
 #   2. wait for the preparing workers, print their outcome
-#   3. issue 5's table: eager vs compile-jit vs compile-aot, the machine otherwise idle
+#   3. issue 5's table: eager vs compile-jit vs compile-aot, the machine otherwise idle (the prepared
+#      artifacts serve any subset: MODELS=mamba-2.8b for one model per call)
 #   4. the part; where does a JIT decode step go (benchmarks/decode_profile.py on PROFILE_MODELS, default the
 #      two SSMs); and (when results/prev/study.db is carried: carry [".ort4", "results/prev"]) a search of
 #      issue 9's store given in MAXCTX_MODELS (default mamba2-1.3b) again, full prefill at 24 GiB up to 512k
 #   5. install onnxruntime-gpu; issue 6's table: eager vs ort-cuda (standard lowering) vs ort-cuda-gqa
 #      (attention as GroupQueryAttention; llama only)
-# MODELS (the same in every call; default the three of the issues) picks the benchmarked models: three
-# models' AOT packages and ONNX exports filled the 64 GiB disk once. About 20 minutes held in all (2026-11-22,
+# MODELS (default the three of the issues) picks the benchmarked models: three models' embedded-weight AOT
+# packages and ONNX exports filled the 64 GiB disk once (AOT_WEIGHTS=shared keeps one copy per model). About 20 minutes held in all (2026-11-22,
 # H100). The study of issue 9 is one call of its own:
 #   source benchmarks/gpu_setup.sh && bash benchmarks/study_gpu.sh
 set -uo pipefail
@@ -24,7 +25,8 @@ OUT=${OUT:-/tmp/chain-out}
 mkdir -p /tmp/parts "$OUT" && cp .ort"$step"/ortpart.* /tmp/parts/
 source benchmarks/gpu_setup.sh >/dev/null
 BENCH=(python3 benchmarks/backends.py --models "${MODELS:-llama-3.2-1b,mamba2-2.7b,mamba-2.8b}" --dtype float16
-       --lens 1k,4k,16k,64k --decode-lens 1k,16k --repeats 2 --workdir /tmp/bw)
+       --lens 1k,4k,16k,64k --decode-lens 1k,16k --repeats 2 --workdir /tmp/bw --aot-weights "${AOT_WEIGHTS:-auto}")
+wait_for_prep() { for _ in $(seq "${1:-110}"); do pgrep -f -- "--prepare-only" >/dev/null || break; sleep 5; done; }
 # drop warnings and traced-shape debug lines, but keep pytest's count line ("1 failed, 60 passed, 9 warnings in ...")
 quiet() { awk '/ passed| failed/ || !(/[Ww]arn|^DEBUG|return cls.__new__|ScatterND/)' || true; }
 
@@ -32,15 +34,18 @@ case $step in
 1)
   setsid nohup "${BENCH[@]}" --backends eager,compile-jit,compile-aot,ort-cuda,ort-cuda-gqa --jobs 5 --prepare-only \
     >/tmp/prep.log 2>&1 </dev/null &
-  timeout 500 python3 -m pytest -m gpu -q -rfE --tb=line -p no:cacheprovider -p no:logging tests 2>&1 | quiet | tail -30
+  # shellcheck disable=SC2086 # TESTS is a list of paths
+  timeout 500 python3 -m pytest -m gpu -q -rfE --tb=line -p no:cacheprovider -p no:logging ${TESTS:-tests} 2>&1 \
+    | quiet | tail -30
   ;;
 2)
-  for _ in $(seq 110); do pgrep -f -- "--prepare-only" >/dev/null || break; sleep 5; done
+  wait_for_prep
   grep -E "^prepared" /tmp/prep.log; df -h /tmp | tail -1  # 2026-11-22: the 64 GiB disk filled up (ENOSPC)
   pgrep -f -- "--prepare-only" >/dev/null && echo "prep still running"
   cp /tmp/bw/*.log /tmp/prep.log "$OUT"/ 2>/dev/null
   ;;
 3)
+  wait_for_prep 24  # (at most 2 minutes) a step 3 right after step 1 waits for the exports here
   timeout 560 "${BENCH[@]}" --backends eager,compile-jit,compile-aot --budget-s 430 --out "$OUT/compile.json" 2>&1 \
     | quiet | tail -45
   cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null
