@@ -26,6 +26,9 @@ mkdir -p /tmp/parts "$OUT" && cp .ort"$step"/ortpart.* /tmp/parts/
 source benchmarks/gpu_setup.sh >/dev/null
 BENCH=(python3 benchmarks/backends.py --models "${MODELS:-llama-3.2-1b,mamba2-2.7b,mamba-2.8b}" --dtype float16
        --lens 1k,4k,16k,64k --decode-lens 1k,16k --repeats 2 --workdir /tmp/bw --aot-weights "${AOT_WEIGHTS:-auto}")
+# the workers' logs as one file: a call brings back at most 8 files (the table's JSON was left out once)
+# shellcheck disable=SC2086 # $2 is a glob, expanded inside /tmp/bw
+keep_logs() { (cd /tmp/bw && tar -czf "$OUT/$1-logs.tgz" $2) 2>/dev/null || true; }
 wait_for_prep() { for _ in $(seq "${1:-110}"); do pgrep -f -- "--prepare-only" >/dev/null || break; sleep 5; done; }
 # drop warnings and traced-shape debug lines, but keep pytest's count line ("1 failed, 60 passed, 9 warnings in ...")
 quiet() { awk '/ passed| failed/ || !(/[Ww]arn|^DEBUG|return cls.__new__|ScatterND/)' || true; }
@@ -42,13 +45,13 @@ case $step in
   wait_for_prep
   grep -E "^prepared" /tmp/prep.log; df -h /tmp | tail -1  # 2026-11-22: the 64 GiB disk filled up (ENOSPC)
   pgrep -f -- "--prepare-only" >/dev/null && echo "prep still running"
-  cp /tmp/bw/*.log /tmp/prep.log "$OUT"/ 2>/dev/null
+  cp /tmp/prep.log "$OUT"/ 2>/dev/null; keep_logs prep 'prep-*.log'
   ;;
 3)
   wait_for_prep 24  # (at most 2 minutes) a step 3 right after step 1 waits for the exports here
   timeout 560 "${BENCH[@]}" --backends eager,compile-jit,compile-aot --budget-s 430 --out "$OUT/compile.json" 2>&1 \
     | quiet | tail -45
-  cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null
+  keep_logs compile 'measure-*compile*.log'
   ;;
 4)
   echo "part 4 copied"; df -h /tmp | tail -1
@@ -68,6 +71,6 @@ case $step in
     tests/exporters/test_onnx_gqa.py 2>&1 | quiet | tail -15
   timeout 540 "${BENCH[@]}" --backends eager,ort-cuda,ort-cuda-gqa --budget-s 420 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -45
-  cp /tmp/bw/measure-*.log "$OUT"/ 2>/dev/null
+  keep_logs ort 'measure-*ort*.log'
   ;;
 esac
