@@ -9,6 +9,10 @@ state never leaves the device. On CUDA, ORT runs on torch's current stream (user
 a host sync per run; `sync()` waits for the stream. The weights are loaded once from the artifact's
 shared weights.bin into torch tensors on the device and handed to all sessions as shared initializers,
 so the three graphs hold one copy (ORT's own folded constants, if any, are per session).
+Bool tensors bypass DLPack, whose bool (kDLBool) onnxruntime 1.31 rejects ("Unsupported code 6"; 1.32
+takes it): bool I/O is bound by pointer (`bind`), and a bool weight (Mamba2's SSD masks, [chunk_size,
+chunk_size], in weights.bin from 1 KiB: chunk_size >= 32) is copied into ORT's own memory (`constant`;
+KiBs, outside torch's part and the arena of a budget).
 
 State: the artifact's static layout (batch, max_len). A slot whose graph writes `present` only after
 every read of `past` (manifest `inplace`) is bound to one buffer as both input and output, so KV caches
@@ -33,13 +37,10 @@ allocation failure inside ONNX Runtime (the arena's limit, cudaMalloc, the CPU a
 is raised as MemoryError, so it is an `oom` row like torch's (`oom_message` reads ORT's error text).
 
 Artifacts with the `gqa` attention lowering (com.microsoft.GroupQueryAttention nodes) run on stock ONNX
-Runtime's CPU EP; their KV caches are bound in place, which is the op's shared-buffer mode. The CUDA EP is
-refused (Unsupported) for them: on onnxruntime-gpu 1.31.1 (H100, 2026-11-22) its GroupQueryAttention failed
-parity where the CPU EP passes (llama-3.2-1b fp16: 3.1e-1; tiny-llama's decode steps 3.3e-2 against 3e-4 for
-its prefill; a dynamic cache raised "Flash total sequence length must be positive and fit int32"). The likely
-cause, a total_sequence_length computed from the device-resident position (the CUDA EP reads it on the host),
-is fixed in the lowering (exporters/onnx_custom.gqa_attend) but not yet run on a GPU: EDGEPORTS_ORT_CUDA_GQA=1
-lifts the refusal to validate it (the parity check before any timing still applies).
+Runtime's CPU and CUDA EPs; their KV caches are bound in place, which is the op's shared-buffer mode. On the
+CUDA EP it is the fast attention lowering (onnxruntime-gpu 1.31.1, H100: tiny-llama/tiny-qwen2 and
+llama-3.2-1b fp16 within parity; it once failed parity there while total_sequence_length was computed from
+the device-resident position, which the CUDA EP reads on the host: exporters/onnx_custom.gqa_attend).
 Artifacts with the `custom` SSM lowering (ai.edgeports nodes, made for the TensorRT plugins) need a
 custom-op library implementing that domain: set EDGEPORTS_ORT_CUSTOM_OPS to its path; without it the
 runner refuses them (Unsupported). `layer_profile()` runs ORT's profiler (enable_profiling) and maps
@@ -105,14 +106,49 @@ def _ort():
 
 
 def ortvalue(t: torch.Tensor):
-    """An OrtValue viewing a contiguous torch tensor's memory (DLPack: no copy, any device and dtype)."""
+    """An OrtValue viewing a contiguous torch tensor's memory (DLPack: no copy, any device and dtype but
+    bool, which `bind` and `constant` handle without DLPack)."""
+    if t.dtype == torch.bool:
+        raise TypeError("onnxruntime 1.31 cannot import a bool tensor through DLPack (kDLBool): use "
+                        "runners.ort.bind or runners.ort.constant")
     ort = _ort()
     try:
         return ort.OrtValue.from_dlpack(t)
     except (TypeError, AttributeError):  # older onnxruntime: the C binding takes a capsule and a bool flag
         from onnxruntime.capi import _pybind_state as C
 
-        return ort.OrtValue(C.OrtValue.from_dlpack(t.__dlpack__(), t.dtype == torch.bool))
+        return ort.OrtValue(C.OrtValue.from_dlpack(t.__dlpack__(), False))
+
+
+def bind(binding, name: str, t: torch.Tensor, is_input: bool) -> None:
+    """Bind a contiguous torch tensor (any device) to an IO binding's input or output `name`, no copy: an
+    OrtValue through DLPack, a bool tensor by its pointer (DLPack's bool, kDLBool, is "Unsupported code 6"
+    to onnxruntime 1.31). ORT then reads/writes t's memory; t must outlive the runs that use it."""
+    if t.dtype != torch.bool:
+        value = ortvalue(t)
+        binding.bind_ortvalue_input(name, value) if is_input else binding.bind_ortvalue_output(name, value)
+        return
+    import numpy as np
+
+    args = (name, t.device.type, _index(t.device), np.bool_, list(t.shape), t.data_ptr())
+    binding.bind_input(*args) if is_input else binding.bind_output(*args)
+
+
+def constant(t: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, Any]:
+    """A weight (a CPU tensor) as (tensor, OrtValue) on `device` for a shared initializer: the tensor moved
+    to the device and viewed through DLPack; a bool one (no DLPack, see `bind`) copied into ORT's memory
+    there (on the CPU the OrtValue views the returned CPU tensor's memory, which must outlive it)."""
+    if t.dtype != torch.bool:
+        t = t.to(device)
+        return t, ortvalue(t)
+    return t, _ort().OrtValue.ortvalue_from_numpy(t.numpy(), device.type, _index(device))
+
+
+def _index(device: torch.device) -> int:
+    """The device's ordinal (a bare "cuda" is torch's current device; the CPU is 0)."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if device.type == "cuda" else 0
 
 
 def providers(device: torch.device) -> list:
@@ -123,7 +159,7 @@ def providers(device: torch.device) -> list:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise Unsupported(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider (providers: "
                           f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     stream = torch.cuda.current_stream(torch.device("cuda", index)).cuda_stream
     # HEURISTIC: an exhaustive cuDNN search per new prompt length would land inside timed prefills
     return [("CUDAExecutionProvider", {"device_id": str(index), "user_compute_stream": str(stream),
@@ -159,7 +195,7 @@ def _oom_or_raise(e: Exception, what: str) -> None:
 def _register_env_arena(device: torch.device, provider_options: dict[str, str], cfg: dict[str, int]) -> None:
     """Register the environment arena all sessions on `device` share (ORT keeps it for the process)."""
     ort = _ort()
-    index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else 0
+    index = _index(device)
     key = f"{device.type}:{index}"
     if key in _ENV_ARENAS:
         if _ENV_ARENAS[key] != cfg["max_mem"]:
@@ -209,10 +245,6 @@ class OrtRunner(StepRunner):
         self.layout = artifact.state_layout
         # dynamic caches (onnx_cache=dynamic) are sized per prompt like eager's; static ones hold max_len
         self.cache_axes = {k: tuple(v) for k, v in ranges.get("cache_axes", {}).items()}
-        if self.device.type == "cuda" and ranges.get("onnx_attention") == "gqa" and \
-                os.environ.get("EDGEPORTS_ORT_CUDA_GQA") != "1":
-            raise Unsupported("ONNX Runtime's CUDA EP fails parity on the onnx_attention=gqa lowering (see "
-                              "runners/ort.py); export with the default onnx_attention=standard for CUDA")
         self._providers = providers(self.device)
         self._custom_ops = _custom_ops_library(ranges.get("onnx_ssm", "standard"))
         self._weights = self._load_weights()
@@ -240,8 +272,8 @@ class OrtRunner(StepRunner):
         out = {}
         for name, e in index.items():
             buf = raw[e["offset"]:e["offset"] + e["length"]].copy()  # in memory (as eager weights are), writable
-            t = torch.frombuffer(buf, dtype=_TORCH_DTYPES[e["dtype"]]).reshape(e["shape"]).to(self.device)
-            out[name] = (t, ortvalue(t))
+            out[name] = constant(torch.frombuffer(buf, dtype=_TORCH_DTYPES[e["dtype"]]).reshape(e["shape"]),
+                                 self.device)
         return out
 
     def _session(self, name: str, profile_dir: str | None = None):
@@ -393,8 +425,7 @@ class OrtRunner(StepRunner):
         key = (t.data_ptr(), tuple(t.shape), t.dtype)
         if g.bound.get(name) == key:
             return
-        value = ortvalue(t)
-        g.binding.bind_ortvalue_input(name, value) if is_input else g.binding.bind_ortvalue_output(name, value)
+        bind(g.binding, name, t, is_input)
         g.bound[name] = key
 
     # ---- profiling --------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """onnx_attention=gqa: each Attention as one com.microsoft.GroupQueryAttention node. The torch wrapper and
-the op's reference against Attention.attend (no ONNX); ONNX Runtime (CPU EP) against eager fp32 for a
+the op's reference against Attention.attend (no ONNX); ONNX Runtime (CPU EP; CUDA EP: gpu) against eager fp32 for a
 transformer (static and dynamic caches, a sliding window, chunked prefill) and a hybrid; graph size
 independent of L; the refusals."""
 
@@ -157,25 +157,11 @@ def test_models_without_attention_export_as_standard(tmp_path):
     assert not onnx_exporter.gqa_applicable(build("tiny-mamba2", dtype="float32"))
 
 
-
-def test_cuda_ep_refuses_gqa_graphs(tmp_path):
-    """The CUDA EP failed parity on GroupQueryAttention graphs on the H100 (runners/ort.py): refused there,
-    before any session is built (so also where no CUDA EP is installed)."""
-    from edgeports.runners import ort
-    from edgeports.runners.base import Unsupported
-
-    art = read_artifact(onnx_exporter.export(_spec("tiny-llama", num_hidden_layers=1), tmp_path / "l",
-                                             _opts(onnx_chunked=False)).path, "onnx")
-    with pytest.raises(Unsupported, match="onnx_attention=standard"):
-        ort.load(art, "cuda")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
-def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name, monkeypatch):
-    """The validation the CUDA refusal waits for (EDGEPORTS_ORT_CUDA_GQA=1 lifts it): the CUDA EP's
-    GroupQueryAttention (fp16 only there) against eager fp32 with the same weights, a prompt crossing
-    tiny-qwen2's 8-key window, chunked where exported, then 4 decode steps."""
+def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name):
+    """The CUDA EP's GroupQueryAttention (fp16 only there) against eager fp32 with the same weights, a prompt
+    crossing tiny-qwen2's 8-key window, chunked where exported, then 4 decode steps."""
     import onnxruntime
 
     if not torch.cuda.is_available() or "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -184,7 +170,6 @@ def test_cuda_ep_runs_gqa_graphs_like_eager(tmp_path, name, monkeypatch):
     from edgeports.runners import ort
     from edgeports.runners.eager import EagerRunner
 
-    monkeypatch.setenv("EDGEPORTS_ORT_CUDA_GQA", "1")
     config, extra = CASES[name]
     opts = dataclasses.replace(_opts(**extra), dtype="float16")
     art = read_artifact(onnx_exporter.export(_spec(name, **config), tmp_path / name, opts).path, "onnx")
