@@ -132,9 +132,7 @@ def setup_ort_cuda(lm, args):
 
 
 def setup_ort_cuda_gqa(lm, args):
-    """The GroupQueryAttention lowering under the CUDA EP, which the ORT runner refuses unless
-    EDGEPORTS_ORT_CUDA_GQA=1 (its CUDA parity is what this benchmark checks first)."""
-    os.environ["EDGEPORTS_ORT_CUDA_GQA"] = "1"
+    """The GroupQueryAttention lowering (onnx_attention=gqa) under the CUDA EP."""
     return _ort_cuda(lm, args, "ort-cuda-gqa", export_onnx_gqa)
 
 
