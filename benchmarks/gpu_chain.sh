@@ -69,6 +69,9 @@ case $step in
   # the tests that need onnxruntime-gpu (skipped in step 1, before it was installed)
   timeout 90 python3 -m pytest -m gpu -q -rfE --tb=short -p no:cacheprovider -p no:logging tests/runners/test_ort_budget.py \
     tests/exporters/test_onnx_gqa.py 2>&1 | quiet | tail -15
+  # the bool-weight binding against onnxruntime 1.31 itself (CPU tests; their stand-in emulates it elsewhere)
+  timeout 60 python3 -m pytest -q --tb=short -p no:cacheprovider -p no:logging tests/runners/test_ort_bool.py 2>&1 \
+    | quiet | tail -5
   timeout 540 "${BENCH[@]}" --backends eager,ort-cuda,ort-cuda-gqa --budget-s 420 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -45
   keep_logs ort 'measure-*ort*.log'
