@@ -172,7 +172,7 @@ class JitRunner(CompiledRunner):
     """Our LM compiled with torch.compile in this process (see the module docstring)."""
 
     def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True,
-                 freeze: bool = True):
+                 freeze: bool = False):
         """Compiles `lm` (its q/k/v and gate/up projections fused in place when `fuse`, see
         edgeports.models.fuse: pass a copy to keep the original; on CUDA its decode step with the weights
         frozen into it when `freeze`, see exporters/compile.freezes)."""

@@ -294,11 +294,11 @@ def test_unfused_export_through_the_runner(tmp_path):
     assert rel_err(runner.decode(3), ref.decode(3)) < TOL
 
 
-@pytest.mark.parametrize("key", ["fuse", "freeze"])
-def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key):
+@pytest.mark.parametrize("key, default", [("fuse", True), ("freeze", False)])
+def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key, default):
     seen = []
     monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, **kw: seen.append(kw[key]))
-    for value, want in (("false", False), (None, True)):
+    for value, want in (("false", False), ("true", True), (None, default)):
         extra = (("mode", "jit"),) + (((key, value),) if value else ())
         art = cexport.export(get_spec("tiny-llama"), tmp_path / str(value), ExportOptions(max_len=MAX_LEN, extra=extra))
         crun.load(read_artifact(art.path, backend="compile"), "cpu")
