@@ -3,7 +3,7 @@ dynamic-dimension names, the I/O signature, and which state slots may be updated
 
 Shared weights: the three graphs of an artifact hold the same weights, often under different
 initializer names (the exporter names folded tensors val_<n>). `WeightStore` writes every distinct
-tensor of at least INLINE_MAX bytes once into `weights.bin` (identical bytes, dtype and shape = the
+tensor of at least INLINE_MAX bytes (bool masks excepted) once into `weights.bin` (identical bytes, dtype and shape = the
 same tensor), gives it one name in every graph ("weights/<first name seen>"), and points the graphs' initializers at it as ONNX
 external data. `weights.json` indexes the file ({name: offset, length, dtype, shape}) so a runner can
 load each tensor once and hand it to every session (ONNX Runtime's shared initializers).
@@ -31,6 +31,16 @@ INPLACE_SAFE = {"Add", "Sub", "Mul", "Div", "Where", "Identity", "ScatterND", "S
 SHARED_BUFFER = {("com.microsoft", "GroupQueryAttention"): {3: 1, 4: 2}}
 
 
+def stays_inline(tensor) -> bool:
+    """Whether an initializer stays inside its graph instead of going to weights.bin: small ones (under
+    INLINE_MAX bytes), and bool ones (masks, e.g. Mamba2's [chunk_size, chunk_size] SSD masks), which a runner
+    could only hand to onnxruntime 1.31 by copying: it takes no bool through DLPack ("Unsupported code 6"),
+    and on the H100 its CUDA EP refused a bool weight added as a shared initializer (INVALID_ARGUMENT)."""
+    import onnx_ir as ir
+
+    return tensor.nbytes < INLINE_MAX or tensor.dtype == ir.DataType.BOOL
+
+
 class WeightStore:
     """One weights.bin shared by several graphs; tensors deduplicated by content."""
 
@@ -43,14 +53,15 @@ class WeightStore:
         self.path.write_bytes(b"")
 
     def externalize(self, model) -> None:
-        """Move every initializer of at least INLINE_MAX bytes (main graph and subgraphs) into the store."""
+        """Move every initializer that does not stay inline (`stays_inline`), of the main graph and its
+        subgraphs, into the store."""
         import onnx_ir as ir
         from onnx_ir import convenience
 
         for graph in (model.graph, *model.graph.subgraphs()):
             for value in list(graph.initializers.values()):
                 tensor = value.const_value
-                if tensor is None or tensor.nbytes < INLINE_MAX or isinstance(tensor, ir.ExternalTensor):
+                if tensor is None or stays_inline(tensor) or isinstance(tensor, ir.ExternalTensor):
                     continue
                 name, entry = self._add(value.name, tensor)
                 twin = graph.initializers.get(name)

@@ -1,6 +1,6 @@
 """Bool tensors in the ONNX Runtime runner without DLPack: onnxruntime 1.31 (the H100's onnxruntime-gpu
 1.31.1) rejects DLPack's bool type, kDLBool ("Unsupported code 6"), and mamba2-2.7b's prefill holds bool
-weights ([256, 256] SSD masks in weights.bin). The `ort131` fixture makes OrtValue.from_dlpack reject bool
+[256, 256] SSD masks (in weights.bin in exports made before they stayed inline). The `ort131` fixture makes OrtValue.from_dlpack reject bool
 tensors as 1.31 does, so the CPU EP walks the path the CUDA EP failed on, whatever onnxruntime is installed.
 """
 
@@ -79,22 +79,28 @@ def test_bool_io_is_bound_without_dlpack(ort131):
         x.normal_(generator=gen)
 
 
-def test_bool_weights_in_weights_bin_run_like_eager(tmp_path, ort131):
-    """tiny-mamba2 at chunk_size 32 puts its [32, 32] bool SSD masks into weights.bin, as mamba2-2.7b (256)
-    does; exported as benchmarks/backends.py's export_onnx does (no prefill_next, dynamic caches): prefill
-    (a prompt over two chunks) and 4 decode steps against eager fp32, the bool weights counted."""
+@pytest.mark.parametrize("masks", ["inline", "in weights.bin"])
+def test_bool_masks_run_like_eager(tmp_path, ort131, monkeypatch, masks):
+    """tiny-mamba2 at chunk_size 32 has [32, 32] bool SSD masks, as mamba2-2.7b has [256, 256] ones; the exporter
+    keeps them inside the graph (`stays_inline`), and an artifact that has them in weights.bin (as exports
+    before that rule did: mamba2-2.7b's on the H100) still runs. Exported as benchmarks/backends.py's
+    export_onnx does (no prefill_next, dynamic caches): prefill over two chunks and 4 decode steps against
+    eager fp32, the weights counted."""
     from edgeports.exporters import onnx as onnx_exporter
-    from edgeports.exporters.onnx_graph import WEIGHTS_INDEX
+    from edgeports.exporters import onnx_graph
     from edgeports.measure.parity import rel_err
     from edgeports.runners import ort
     from edgeports.runners.eager import EagerRunner
 
+    if masks == "in weights.bin":
+        monkeypatch.setattr(onnx_graph, "stays_inline", lambda tensor: tensor.nbytes < onnx_graph.INLINE_MAX)
     spec = get_spec("tiny-mamba2")
     spec = dataclasses.replace(spec, config={**spec.config, "chunk_size": 32, "num_hidden_layers": 1})
     options = ExportOptions(dtype="float32", max_len=64, extra=(("onnx_chunked", False), ("onnx_cache", "dynamic")))
     art = read_artifact(onnx_exporter.export(spec, tmp_path / "m", options).path, backend="onnx")
-    index = json.loads(art.file(WEIGHTS_INDEX).read_text())
-    assert [e["shape"] for e in index.values() if e["dtype"] == "bool"] == [[32, 32], [32, 32]]
+    index = json.loads(art.file(onnx_graph.WEIGHTS_INDEX).read_text())
+    stored = [e["shape"] for e in index.values() if e["dtype"] == "bool"]
+    assert stored == ([] if masks == "inline" else [[32, 32], [32, 32]])
     runner, ref = ort.load(art, "cpu"), EagerRunner(build_lm(art.spec, art.options, "cpu"), "cpu")
     assert runner.weight_bytes == art.shape_ranges["weights_bytes"]
     ids = torch.randint(0, art.spec.config["vocab_size"], (1, 45), generator=torch.Generator().manual_seed(1))
