@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import os
@@ -262,9 +263,12 @@ def _run_workers(args, argv: list[str], todo: list[tuple[str, str]], running: li
 
 
 # ---- measurement ------------------------------------------------------------------------------------------
-def build_on_gpu(name: str, dtype: str):
-    """The zoo model with random weights initialised on the GPU (values do not change latency)."""
+def build_on_gpu(name: str, dtype: str, layers: int | None = None):
+    """The zoo model with random weights initialised on the GPU (values do not change latency); `layers` keeps
+    only the first that many."""
     spec = get_spec(name)
+    if layers:
+        spec = dataclasses.replace(spec, config={**spec.config, "num_hidden_layers": layers})
     torch.manual_seed(0)
     with torch.device(DEV):
         lm = arch_module(spec.arch).build(spec)

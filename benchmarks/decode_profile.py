@@ -11,7 +11,6 @@ the JitRunner's (runners/compile.py): the numbers are those `benchmarks/backends
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
@@ -35,22 +34,17 @@ def kind_of(name: str) -> str:
     return next(k for k, pattern in KINDS if re.search(pattern, name, re.IGNORECASE))
 
 
-def profile_model(name: str, dtype: torch.dtype, layers: int | None, prompt: int, steps: int, copy_gbs: float,
-                  top: int, freeze: bool = True) -> dict:
+def profile_model(name: str, dtype: str, layers: int | None, prompt: int, steps: int, copy_gbs: float,
+                  top: int, freeze: bool = False) -> dict:
     """Build `name` on the GPU, compile it as compile-jit does, decode after a `prompt`-token prefill; return
     the step's timing, roofline share and kernel breakdown."""
+    from backends import build_on_gpu
     from torch.profiler import ProfilerActivity, profile
 
-    from edgeports.models import arch_module, get_spec
     from edgeports.runners.compile import JitRunner
 
-    spec = get_spec(name)
-    if layers:
-        spec = dataclasses.replace(spec, config={**spec.config, "num_hidden_layers": layers})
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        lm = arch_module(spec.arch).build(spec)
-    lm = lm.to(dtype=dtype).eval().requires_grad_(False)
+    lm = build_on_gpu(name, dtype, layers)
+    spec = lm.spec
     t0 = time.perf_counter()
     torch.cuda.reset_peak_memory_stats()
     runner = JitRunner(lm, "cuda", batch=1, chunked=False, freeze=freeze)
@@ -76,7 +70,7 @@ def profile_model(name: str, dtype: torch.dtype, layers: int | None, prompt: int
         acc[0] += e.self_device_time_total / steps / 1e3
         acc[1] += e.count / steps
     largest = sorted(events, key=lambda e: -e.self_device_time_total)[:top]
-    return {"model": name, "layers": layers or spec.config.get("num_hidden_layers"), "dtype": str(dtype),
+    return {"model": name, "layers": layers or spec.config.get("num_hidden_layers"), "dtype": dtype,
             "freeze": freeze, "weight_gib": round(runner.weight_bytes / 2**30, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "compile_s": round(compile_s, 1), "wall_ms": round(wall_ms, 4), "kernels_ms": round(kernels_ms, 4),
@@ -107,7 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--top", type=int, default=20)
-    p.add_argument("--no-freeze", action="store_true", help="compile decode without freezing the weights")
+    p.add_argument("--freeze", action="store_true",
+                   help="compile decode with the weights frozen in (--opt freeze=true; off for compile-jit)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -118,8 +113,8 @@ def main(argv=None) -> int:
     results = []
     for name in args.models:
         try:
-            r = profile_model(name, getattr(torch, args.dtype), args.layers, args.prompt, args.steps, copy_gbs,
-                              args.top, freeze=not args.no_freeze)
+            r = profile_model(name, args.dtype, args.layers, args.prompt, args.steps, copy_gbs,
+                              args.top, freeze=args.freeze)
         except Exception as e:  # noqa: BLE001 - one model's failure must not lose the others' profiles
             r = {"model": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"{name}: {r['error']}", flush=True)

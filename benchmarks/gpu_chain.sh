@@ -16,8 +16,8 @@
 #   5. install onnxruntime-gpu; issue 6's table: eager vs ort-cuda (standard lowering) vs ort-cuda-gqa
 #      (attention as GroupQueryAttention; llama only)
 # MODELS (default the three of the issues) picks the benchmarked models: three models' embedded-weight AOT
-# packages and ONNX exports filled the 64 GiB disk once (AOT_WEIGHTS=shared keeps one copy per model). About 20 minutes held in all (2026-11-22,
-# H100). The study of issue 9 is one call of its own:
+# packages and ONNX exports filled the 64 GiB disk once. AOT_WEIGHTS sets the packages' weights mode.
+# About 20 minutes held in all (2026-11-22, H100). The study of issue 9 is one call of its own:
 #   source benchmarks/gpu_setup.sh && bash benchmarks/study_gpu.sh
 set -uo pipefail
 step=${1:?usage: gpu_chain.sh STEP (1..5)}
@@ -29,7 +29,8 @@ BENCH=(python3 benchmarks/backends.py --models "${MODELS:-llama-3.2-1b,mamba2-2.
 # the workers' logs as one file: a call brings back at most 8 files (the table's JSON was left out once)
 # shellcheck disable=SC2086 # $2 is a glob, expanded inside /tmp/bw
 keep_logs() { (cd /tmp/bw && tar -czf "$OUT/$1-logs.tgz" $2) 2>/dev/null || true; }
-wait_for_prep() { for _ in $(seq "${1:-110}"); do pgrep -f -- "--prepare-only" >/dev/null || break; sleep 5; done; }
+prep_running() { pgrep -f -- "--prepare-only" >/dev/null; }
+wait_for_prep() { for _ in $(seq "${1:-110}"); do prep_running || break; sleep 5; done; }
 # drop warnings and traced-shape debug lines, but keep pytest's count line ("1 failed, 60 passed, 9 warnings in ...")
 quiet() { awk '/ passed| failed/ || !(/[Ww]arn|^DEBUG|return cls.__new__|ScatterND/)' || true; }
 
@@ -44,7 +45,7 @@ case $step in
 2)
   wait_for_prep
   grep -E "^prepared" /tmp/prep.log; df -h /tmp | tail -1  # 2026-11-22: the 64 GiB disk filled up (ENOSPC)
-  pgrep -f -- "--prepare-only" >/dev/null && echo "prep still running"
+  prep_running && echo "prep still running"
   cp /tmp/prep.log "$OUT"/ 2>/dev/null; keep_logs prep 'prep-*.log'
   ;;
 3)

@@ -252,10 +252,10 @@ def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
 def _shares_weights(mode: str, device: torch.device) -> bool:
     """Whether the weights stay out of the packages, so that prefill and decode share one device copy.
 
-    "auto" shares on the CPU only. On CUDA (torch 2.11, H100), loading a package compiled with
-    package_constants_in_so=False once killed the process inside aoti_load_package (a segfault, no Python
-    error; that loader also retried with its legacy path on any error), so CUDA packages embed their weights
-    by default: one copy per package, which the runner reports in its weight bytes."""
+    "auto" shares on the CPU only, and CUDA packages embed their weights: one copy per package, which the
+    runner reports in its weight bytes. Neither way loads a real-size CUDA package on torch 2.11 (H100,
+    2026-11-22): llama-3.2-1b shared or embedded and qwen2.5-0.5b embedded all died inside AOTInductor's
+    package loader (a segfault), while tiny packages load."""
     can_share = hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
     if mode == "shared" and not can_share:
         raise EdgeportsError(f"--opt weights=shared needs a torch whose AOTInductor can leave constants out of a "
@@ -278,9 +278,8 @@ def compile_package(ep: torch.export.ExportedProgram, path: Path, options: dict[
 
     Embedded weights go into the package as a blob beside the compiled library where this torch can
     (package_constants_on_disk_format="binary_blob"; the loader reads it in): by default Inductor appends
-    constants over 2 GB to the library itself and the loaded model mmaps its own file to find them, the path
-    every real-size CUDA package took when loading killed the process (H100, torch 2.11; a tiny package, which
-    stays under 2 GB, loads). Not yet run on a GPU with the blob."""
+    constants over 2 GB to the library itself and the loaded model mmaps its own file to find them. The blob
+    did not cure the crash of real-size CUDA packages at load (H100, torch 2.11; see `_shares_weights`)."""
     configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False} if share_weights else {}
     if not share_weights and hasattr(torch._inductor.config.aot_inductor, "package_constants_on_disk_format"):
         configs["aot_inductor.package_constants_on_disk_format"] = "binary_blob"

@@ -10,9 +10,11 @@ a host sync per run; `sync()` waits for the stream. The weights are loaded once 
 shared weights.bin into torch tensors on the device and handed to all sessions as shared initializers,
 so the three graphs hold one copy (ORT's own folded constants, if any, are per session).
 Bool tensors bypass DLPack, whose bool (kDLBool) onnxruntime 1.31 rejects ("Unsupported code 6"; 1.32
-takes it): bool I/O is bound by pointer (`bind`), and a bool weight (Mamba2's SSD masks, [chunk_size,
-chunk_size], in weights.bin from 1 KiB: chunk_size >= 32) is copied into ORT's own memory (`constant`;
-KiBs, outside torch's part and the arena of a budget).
+takes it): bool I/O is bound by pointer (`bind`), and a bool weight is copied into ORT's own memory
+(`constant`; KiBs, outside torch's part and the arena of a budget). Exports now keep bool masks inside the
+graphs (exporters/onnx_graph.stays_inline); older artifacts have Mamba2's [chunk_size, chunk_size] SSD masks in
+weights.bin, which works on the CPU EP, but onnxruntime-gpu 1.31.1's CUDA EP refused such a bool weight as a
+shared initializer (INVALID_ARGUMENT, H100): export those again.
 
 State: the artifact's static layout (batch, max_len). A slot whose graph writes `present` only after
 every read of `past` (manifest `inplace`) is bound to one buffer as both input and output, so KV caches
