@@ -341,6 +341,35 @@ def _check_compatible(artifact: Artifact, device: torch.device) -> None:
                              f"export again here")
 
 
+def _make_libstdcxx_global() -> str | None:
+    """Put the process's libstdc++ into the global symbol scope (dlopen RTLD_NOLOAD|RTLD_GLOBAL: the loaded
+    library is promoted, not loaded again); returns its path, or None where there is none to promote.
+
+    Why: a CUDA package built by torch 2.11 (H100 machine, g++ 13) carries its own copy of libstdc++ in its
+    wrapper.so (thousands of std:: definitions, no libstdc++ among its NEEDED libraries), and the copy's
+    locale machinery is never initialised. Loaded into a process where libstdc++ came in through torch with
+    RTLD_LOCAL, the package binds to that copy, and the `std::regex` of AOTInductor's `parse_device_str`
+    segfaults in the model's constructor: every CUDA package died at load, a toy fp32 one included. With
+    the process's libstdc++ global, the package's std:: references bind to it (as under LD_PRELOAD, which
+    made the same package load and run)."""
+    if os.name != "posix":
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:
+        return None
+    import ctypes
+
+    for path in sorted(paths):
+        try:
+            ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+            return path
+        except OSError:
+            continue
+    return None
+
+
 def _load_package(path, device: torch.device):
     """Load one package with the options this torch has (single-threaded runs suit CUDA graphs).
 
@@ -357,6 +386,8 @@ def _load_package(path, device: torch.device):
         kwargs["run_single_threaded"] = True
     if "device_index" in params and device.type == "cuda":
         kwargs["device_index"] = device.index
+    if device.type == "cuda":
+        _make_libstdcxx_global()
     if load_pt2 is None:
         return torch._inductor.aoti_load_package(str(path), **kwargs)
     try:

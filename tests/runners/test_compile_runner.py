@@ -5,6 +5,7 @@ Each tiny model is compiled once per session (`jit`); zamba2 uses the 3-layer co
 
 import copy
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -145,6 +146,35 @@ def test_cuda_graph_decode(tmp_path, mode, name):
     runner.close()
 
 
+_PROMOTE_IN_CHILD = """
+import ctypes, torch
+from edgeports.runners import compile as crun
+def visible():  # a libstdc++ symbol, looked up the way a newly loaded library's references are
+    try:
+        ctypes.CDLL(None).__getattr__("_ZNSt6locale7classicEv")
+        return True
+    except AttributeError:
+        return False
+before = visible()
+path = crun._make_libstdcxx_global()
+print(before, path, visible())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dlopen scopes as on Linux")
+def test_libstdcxx_is_made_global_before_a_cuda_package_loads():
+    """The cure for the CUDA packages' crash at load (runners/compile.py, _make_libstdcxx_global): after
+    `import torch` libstdc++ is loaded but invisible to a global lookup; promoted, it is found, and no second
+    copy is loaded (the path is the one torch brought in)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PROMOTE_IN_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    before, path, after = proc.stdout.split()
+    assert (before, after) == ("False", "True"), proc.stdout
+    assert "libstdc++.so" in path
+
+
 _LOAD_IN_CHILD = """
 import sys, torch
 from edgeports.exporters.base import read_artifact
@@ -164,11 +194,11 @@ print("max rel err", max(errs))
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("weights", ["embedded", "shared"])
 def test_cuda_aot_package_loads_in_each_dtype(tmp_path, dtype, weights):
-    """Every real-size CUDA package (all fp16 or bf16) died inside torch 2.11's package loader (SIGSEGV), while
-    the tiny fp32 ones of test_cuda_graph_decode load: the same tiny model in each dtype and weights mode,
-    loaded in a child process so that a crash fails this case with its output instead of ending the run."""
+    """A package loaded in a fresh process (as the benchmark workers do): there, every CUDA package of torch
+    2.11 died at load until the runner made libstdc++ global (_make_libstdcxx_global). The tiny model in each
+    dtype and weights mode, loaded in a child process so that a crash fails this case with its output
+    instead of ending the run."""
     import subprocess
-    import sys
 
     options = ExportOptions(dtype=dtype, max_len=128, device="cuda",
                             extra=(("mode", "aot"), ("chunked", False), ("weights", weights)))
