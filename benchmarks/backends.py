@@ -287,7 +287,12 @@ def bench_backend(lm, runner, reference, args, copy_gbs: float) -> dict:
             return out
     for length in sorted(set(args.lens) | set(args.decode_lens)):
         steps = args.steps if length in args.decode_lens else 0
-        m = measure(runner, Plan(prompt_len=length, decode_len=steps, repeats=args.repeats, warmup=1), vocab)
+        try:  # a length that fails (typically out of memory at the longest) keeps the shorter ones' numbers
+            m = measure(runner, Plan(prompt_len=length, decode_len=steps, repeats=args.repeats, warmup=1), vocab)
+        except Exception as e:  # noqa: BLE001 - recorded per length; the next length is still tried
+            out.setdefault("errors", {})[length] = _error_text(e)
+            print(f"  {format_len(length)}: {out['errors'][length]}", flush=True)
+            continue
         if length in args.lens:
             out["prefill_ms"][length] = m["ttft_p50_ms"]
         if steps:
@@ -422,7 +427,7 @@ def table(results: dict) -> str:
                 for b in backends:
                     ms = res.get(b, {}).get(key, {}).get(n)
                     cells.append(f"{ms:.2f} ({base / ms:.2f}x)" if ms and base else f"{ms:.2f}" if ms else
-                                 _why(res.get(b, {})))
+                                 _why(res.get(b, {}), n))
                 roof = next((r["roofline_ms"][n] for r in res.values() if n in r.get("roofline_ms", {})), None)
                 cells.append(f"{roof:.3f}" if phase == "decode" and roof else "")
                 for b in ["eager", *backends]:
@@ -433,12 +438,17 @@ def table(results: dict) -> str:
     for name, res in results["models"].items():
         for b, r in res.items():
             note = r.get("error") or r.get("skipped") or r.get("parity", "")
+            note += "".join(f"; {format_len(int(n))}: {e}" for n, e in r.get("errors", {}).items())
             graph = (r.get("info") or {}).get("cuda_graph")
             setup.append(f"| {name} | {b} | {r.get('setup_s', 0):.0f} | {note}{'; cuda graph ' + graph if graph else ''} |")
     return "\n".join(lines + setup)
 
 
-def _why(r: dict) -> str:
+def _why(r: dict, length: int) -> str:
+    """The table cell of a (backend, length) without a time."""
+    failed = r.get("errors", {}).get(length) or r.get("errors", {}).get(str(length))
+    if failed:
+        return "oom" if failed.startswith(("MemoryError", "OutOfMemoryError")) else "error"
     return "error" if "error" in r else "skipped" if "skipped" in r else "-"
 
 

@@ -122,3 +122,28 @@ def test_interrupted_preparation_kills_its_workers(bench, monkeypatch, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         bench.prepare_all(args, [])
     assert len(procs) == 2 and all(p.killed for p in procs)
+
+
+def test_a_failing_length_keeps_the_other_lengths(bench, monkeypatch):
+    """Out of memory at the longest prompt (mamba2-2.7b on ORT-CUDA at 64k, H100) once cost the backend every
+    number: now that length alone is an `oom` cell, and the shorter ones keep their times."""
+    import types
+
+    def fake_measure(runner, plan, vocab):
+        if plan.prompt_len > 4096:
+            raise MemoryError("ONNX Runtime (prefill): Failed to allocate memory for requested buffer")
+        return {"ttft_p50_ms": plan.prompt_len / 1000, "tpot_p50_ms": 1.0, "state_bytes": 0, "weight_bytes": 8}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    lm = types.SimpleNamespace(spec=types.SimpleNamespace(config={"vocab_size": 32}))
+    runner = types.SimpleNamespace(weight_bytes=8, info={})
+    args = types.SimpleNamespace(lens=[1024, 4096, 65536], decode_lens=[1024], steps=4, repeats=1, max_len=65568,
+                                 dtype="float16")
+    out = bench.bench_backend(lm, runner, runner, args, copy_gbs=1.0)
+    assert out["prefill_ms"] == {1024: 1.024, 4096: 4.096}
+    assert list(out["errors"]) == [65536]
+    results = {"args": {"backends": ["eager", "ort-cuda"]},
+               "models": {"m": {"eager": {"prefill_ms": {1024: 2.0, 4096: 8.0, 65536: 90.0}}, "ort-cuda": out}}}
+    rows = {line.split("|")[3].strip(): line for line in bench.table(results).splitlines() if "| prefill |" in line}
+    assert "| oom |" in rows["64k"] and "4.10 (1.95x)" in rows["4k"]
+    assert "64k: MemoryError" in bench.table(results)
