@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -207,6 +208,7 @@ def prepare_one(args, name: str, backend: str) -> int:
         rec["setup_s"] = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - recorded; the measuring process reports it for this backend
         rec = {"error": _error_text(e)}
+        traceback.print_exc()  # the whole story, in the worker's log (the record keeps one line)
     f = _prep_file(args, name, backend)
     f.with_suffix(".tmp").write_text(json.dumps({**rec, "max_len": args.max_len}))
     f.with_suffix(".tmp").replace(f)  # whole or absent, should the worker be killed

@@ -349,9 +349,12 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def failure(spec: ModelSpec, what: str, exc: BaseException) -> EdgeportsError:
     """The one-line error for a model that does not compile or export: arch, program, op, torch's reason."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    # a C++ compile error's first line is only "C++ compile error": the compiler's own first error says why
+    cause = next((line for line in lines[1:] if " error: " in line or line.startswith(("error:", "fatal error"))), "")
     return EdgeportsError(f"compile: {what} of {spec.name} (arch {spec.arch}) failed at {failing_op(exc)}: "
-                          f"{type(exc).__name__}: {first[:300]}")
+                          f"{type(exc).__name__}: {first[:300]}" + (f" ({cause[-300:]})" if cause else ""))
 
 
 @contextlib.contextmanager

@@ -364,3 +364,16 @@ def test_embedded_weights_travel_as_a_blob(tmp_path):
     ids = torch.randint(0, spec.config["vocab_size"], (1, 19))
     assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
     assert rel_err(runner.decode(3), ref.decode(3)) < TOL
+
+
+def test_cpp_compile_failure_says_what_the_compiler_said():
+    """Inductor's CppCompileError begins "C++ compile error" (mamba2-2.7b's CUDA decode package, H100): the
+    one-line error also carries the compiler's first error line."""
+    exc = RuntimeError("C++ compile error\n\nCommand:\ng++ /tmp/x/wrapper.cpp -shared -o x.so\n\nOutput:\n"
+                       "/tmp/x/wrapper.cpp:12:3: error: 'foo' was not declared in this scope\n"
+                       "/tmp/x/wrapper.cpp:40:1: error: expected ';'\n")
+    msg = str(cexport.failure(get_spec("tiny-mamba2"), "AOTInductor compile of the decode program", exc))
+    assert "C++ compile error" in msg and "'foo' was not declared" in msg and "expected ';'" not in msg, msg
+    assert "\n" not in msg
+    plain = str(cexport.failure(get_spec("tiny-mamba2"), "export", ValueError("bad\nerror: later")))
+    assert plain.endswith("ValueError: bad (error: later)")
