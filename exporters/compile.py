@@ -253,9 +253,8 @@ def _shares_weights(mode: str, device: torch.device) -> bool:
     """Whether the weights stay out of the packages, so that prefill and decode share one device copy.
 
     "auto" shares on the CPU only, and CUDA packages embed their weights: one copy per package, which the
-    runner reports in its weight bytes. Neither way loads a real-size CUDA package on torch 2.11 (H100,
-    2026-11-22): llama-3.2-1b shared or embedded and qwen2.5-0.5b embedded all died inside AOTInductor's
-    package loader (a segfault), while tiny packages load."""
+    runner reports in its weight bytes. (On torch 2.11 CUDA packages exported with weights=shared were as big
+    as embedded ones, H100 2026-11-22: the CUDA side of leaving constants out was not confirmed.)"""
     can_share = hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
     if mode == "shared" and not can_share:
         raise EdgeportsError(f"--opt weights=shared needs a torch whose AOTInductor can leave constants out of a "
@@ -278,13 +277,44 @@ def compile_package(ep: torch.export.ExportedProgram, path: Path, options: dict[
 
     Embedded weights go into the package as a blob beside the compiled library where this torch can
     (package_constants_on_disk_format="binary_blob"; the loader reads it in): by default Inductor appends
-    constants over 2 GB to the library itself and the loaded model mmaps its own file to find them. The blob
-    did not cure the crash of real-size CUDA packages at load (H100, torch 2.11; see `_shares_weights`)."""
+    constants over 2 GB to the library itself and the loaded model mmaps its own file to find them.
+    Compiled under `uncached_int_arrays`."""
     configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False} if share_weights else {}
     if not share_weights and hasattr(torch._inductor.config.aot_inductor, "package_constants_on_disk_format"):
         configs["aot_inductor.package_constants_on_disk_format"] = "binary_blob"
     configs.update(options or {})
-    torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=configs)
+    with uncached_int_arrays():
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=configs)
+
+
+@contextlib.contextmanager
+def uncached_int_arrays() -> Iterator[bool]:
+    """AOTInductor's C++ wrapper codegen with every size/stride array declared where it is used; yields
+    whether this torch needed (and got) the patch.
+
+    Why: the wrapper caches the `int_array_N` it declared under a key holding the id() of the writeline
+    callable or of its owner, and a short-lived one's id is recycled, so a later call can get back a name
+    declared in a buffer it cannot see. mamba2-2.7b's CUDA decode package failed to compile with
+    "'int_array_583' was not declared in this scope" (H100, torch 2.11; pytorch PR 193628 describes the same
+    mechanism). A declaration per use costs a few lines of C++; a missing one fails the export."""
+    try:
+        from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+    except ImportError:
+        yield False
+        return
+    cached = CppWrapperCpu.__dict__.get("codegen_int_array_var")
+    if cached is None or not hasattr(CppWrapperCpu, "_codegen_int_array_var_impl"):  # a torch laid out otherwise
+        yield False
+        return
+
+    def codegen_int_array_var(self, int_array, writeline, known_statically=False, graph=None):
+        return self._codegen_int_array_var_impl(int_array, writeline, known_statically)
+
+    CppWrapperCpu.codegen_int_array_var = codegen_int_array_var
+    try:
+        yield True
+    finally:
+        CppWrapperCpu.codegen_int_array_var = cached
 
 
 def save_weights(programs: list[torch.export.ExportedProgram], path: Path) -> dict[str, str]:

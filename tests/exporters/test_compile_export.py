@@ -377,3 +377,27 @@ def test_cpp_compile_failure_says_what_the_compiler_said():
     assert "\n" not in msg
     plain = str(cexport.failure(get_spec("tiny-mamba2"), "export", ValueError("bad\nerror: later")))
     assert plain.endswith("ValueError: bad (error: later)")
+
+
+def test_int_arrays_are_declared_at_each_use_while_packaging():
+    """uncached_int_arrays: inside it, two requests for the same size array declare it twice (each where it
+    is used; the cache could hand back a name declared in another buffer); outside, the cache is back."""
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+
+    declared = []
+
+    class Wrapper:
+        codegen_int_array_var_cache: dict = {}
+
+        def _codegen_int_array_var_impl(self, int_array, writeline, known_statically):
+            declared.append(int_array)
+            return f"int_array_{len(declared)}"
+
+    lines = []
+    with cexport.uncached_int_arrays() as patched:
+        assert patched
+        names = [CppWrapperCpu.codegen_int_array_var(Wrapper(), "{2L, 3L}", lines.append) for _ in range(2)]
+    assert names == ["int_array_1", "int_array_2"] and declared == ["{2L, 3L}"] * 2
+    w = Wrapper()
+    again = [CppWrapperCpu.codegen_int_array_var(w, "{4L}", lines.append) for _ in range(2)]
+    assert again == ["int_array_3"] * 2 and len(declared) == 3  # torch's cached version restored
