@@ -302,7 +302,8 @@ def uncached_int_arrays() -> Iterator[bool]:
     except ImportError:
         yield False
         return
-    cached = CppWrapperCpu.__dict__.get("codegen_int_array_var")
+    name = "codegen_int_array_var"
+    cached = CppWrapperCpu.__dict__[name] if name in CppWrapperCpu.__dict__ else None  # its own, not inherited
     if cached is None or not hasattr(CppWrapperCpu, "_codegen_int_array_var_impl"):  # a torch laid out otherwise
         yield False
         return
