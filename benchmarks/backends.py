@@ -159,6 +159,10 @@ def _export_cache(args, name: str, backend: str) -> Path:
     return Path(args.workdir) / f"cache-{name}-{backend}"
 
 
+class ChildFailed(Exception):
+    """A measuring child's recorded failure (its text already names the exception type)."""
+
+
 def _error_text(e: Exception) -> str:
     """A recorded failure: the exception's type and first line."""
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
@@ -338,7 +342,7 @@ def run(args, results: dict) -> dict:
                 if backend != "eager" and args.isolate:
                     res[backend] = measure_in_child(args, name, backend, pk["copy_gbs"])
                     if "error" in res[backend]:
-                        raise RuntimeError(res[backend]["error"])
+                        raise ChildFailed(res[backend]["error"])
                     setup_s, r = res[backend]["setup_s"], res[backend]
                 else:
                     runner, setup_s, notes = BACKENDS[backend](lm, args)
@@ -350,7 +354,7 @@ def run(args, results: dict) -> dict:
                         runner.close()
                 print(f"{name} {backend}: setup {setup_s:.0f} s, {r.get('parity', 'reference')}", flush=True)
             except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' numbers
-                res[backend] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+                res[backend] = {"error": str(e)[:300] if isinstance(e, ChildFailed) else _error_text(e)}
                 print(f"{name} {backend}: {res[backend]['error']}", flush=True)
             finally:
                 runner = None

@@ -147,3 +147,19 @@ def test_a_failing_length_keeps_the_other_lengths(bench, monkeypatch):
     rows = {line.split("|")[3].strip(): line for line in bench.table(results).splitlines() if "| prefill |" in line}
     assert "| oom |" in rows["64k"] and "4.10 (1.95x)" in rows["4k"]
     assert "64k: MemoryError" in bench.table(results)
+
+
+def test_a_childs_recorded_failure_is_kept_word_for_word(bench, monkeypatch, tmp_path):
+    """The measuring child's error text already names its exception: the table shows it as it is (it once
+    read "RuntimeError: RuntimeError: in the preparing worker: ...")."""
+    import types
+
+    run = bench.run  # _args_of stands in for it
+    args = _args_of(bench, monkeypatch, ["--device", "cpu", "--models", "tiny-llama", "--backends", "compile-aot",
+                                         "--workdir", str(tmp_path)])
+    monkeypatch.setattr(bench, "build_on_gpu", lambda name, dtype: types.SimpleNamespace())
+    monkeypatch.setattr(bench, "cpu_peaks", lambda: {"copy_gbs": 1.0, "mm_tflops": 0.0, "gpu": "cpu", "torch": "x"})
+    monkeypatch.setattr(bench, "measure_in_child", lambda *a: {"error": "EdgeportsError: compile: boom"})
+    monkeypatch.setattr(bench.torch.cuda, "empty_cache", lambda: None)
+    results = run(args, {"models": {}})
+    assert results["models"]["tiny-llama"]["compile-aot"] == {"error": "EdgeportsError: compile: boom"}
