@@ -290,7 +290,7 @@ def compile_package(ep: torch.export.ExportedProgram, path: Path, options: dict[
 @contextlib.contextmanager
 def uncached_int_arrays() -> Iterator[bool]:
     """AOTInductor's C++ wrapper codegen with every size/stride array declared where it is used; yields
-    whether this torch needed (and got) the patch.
+    whether the patch applied (False: a torch whose wrapper codegen is laid out otherwise, left as it is).
 
     Why: the wrapper caches the `int_array_N` it declared under a key holding the id() of the writeline
     callable or of its owner, and a short-lived one's id is recycled, so a later call can get back a name
