@@ -43,6 +43,7 @@ from _bench import peaks  # noqa: E402
 
 from edgeports.lens import format_len, parse_lens  # noqa: E402
 from edgeports.measure import Plan, measure, parity, prompt_ids  # noqa: E402
+from edgeports.measure.memory import is_oom  # noqa: E402
 from edgeports.models import arch_module, get_spec, torch_dtype  # noqa: E402
 from edgeports.runners.eager import EagerRunner  # noqa: E402
 
@@ -297,6 +298,8 @@ def bench_backend(lm, runner, reference, args, copy_gbs: float) -> dict:
             m = measure(runner, Plan(prompt_len=length, decode_len=steps, repeats=args.repeats, warmup=1), vocab)
         except Exception as e:  # noqa: BLE001 - recorded per length; the next length is still tried
             out.setdefault("errors", {})[length] = _error_text(e)
+            if is_oom(e):
+                out.setdefault("oom_lens", []).append(length)
             print(f"  {format_len(length)}: {out['errors'][length]}", flush=True)
             continue
         if length in args.lens:
@@ -452,9 +455,10 @@ def table(results: dict) -> str:
 
 def _why(r: dict, length: int) -> str:
     """The table cell of a (backend, length) without a time."""
-    failed = r.get("errors", {}).get(length) or r.get("errors", {}).get(str(length))
-    if failed:
-        return "oom" if failed.startswith(("MemoryError", "OutOfMemoryError")) else "error"
+    if length in r.get("oom_lens", ()):
+        return "oom"
+    if length in r.get("errors", {}) or str(length) in r.get("errors", {}):
+        return "error"
     return "error" if "error" in r else "skipped" if "skipped" in r else "-"
 
 
