@@ -6,6 +6,10 @@ Two libraries come from those sources (see exporters/plugins/README.md):
   `edgeports.kernels.impl_cuda` through ctypes.
 - `libedgeports_trt_plugins.so`: the same kernels plus the IPluginV3 plugins; needs TensorRT's headers and
   libraries, so it is built with CMake where TensorRT is installed (the x86 / Jetson containers).
+- `libedgeports_ort_ops.so`: the ONNX Runtime custom-op library of the ai.edgeports domain (ort/): the host
+  reference for ORT's CPU provider, plus the CUDA kernels for its CUDA provider when built with nvcc. Needs
+  only ONNX Runtime's C/C++ API headers, which no PyPI wheel ships: $ONNXRUNTIME_INCLUDE, else Debian's
+  libonnxruntime-dev package (85 KB, fetched once from deb.debian.org and checked by its SHA-256).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from edgeports.errors import EdgeportsError
@@ -24,6 +29,12 @@ PLUGINS_LIB = "libedgeports_trt_plugins.so"
 ENV_KERNELS = "EDGEPORTS_SSM_KERNELS_LIB"  # path of a prebuilt kernels library
 ENV_PLUGINS = "EDGEPORTS_TRT_PLUGIN_LIB"  # path of a prebuilt plugin library (the containers set it)
 ENV_TRT_ROOT = "TENSORRT_ROOT"  # where TensorRT's include/ and lib/ are, when not on the system paths
+ORT_LIB = "libedgeports_ort_ops.so"
+ENV_ORT_LIB = "EDGEPORTS_ORT_CUSTOM_OPS"  # path of a prebuilt custom-op library (the ORT runner loads it)
+ENV_ORT_INCLUDE = "ONNXRUNTIME_INCLUDE"  # a directory holding onnxruntime_cxx_api.h
+# ONNX Runtime 1.21's C/C++ API headers: its C API is versioned, so later runtimes load what they build
+ORT_HEADERS_DEB = ("http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb",
+                   "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08")
 
 
 def kernel_sources() -> list[Path]:
@@ -88,7 +99,7 @@ def kernels_command(out: Path, archs: list[str], compiler: str | None = None) ->
 
 def _source_hash(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    for p in sorted(paths) + sorted((PLUGIN_DIR / "include").glob("*.h")) + sorted((PLUGIN_DIR / "kernels").glob("*.cuh")):
+    for p in sorted(paths) + sorted((PLUGIN_DIR / "include").glob("*.h*")) + sorted((PLUGIN_DIR / "kernels").glob("*.cuh")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -163,3 +174,125 @@ def build_plugins(archs: list[str] | None = None, build_dir: Path | None = None)
     if not out.is_file():
         raise EdgeportsError(f"CMake finished but {out} is missing (TensorRT headers not found?)")
     return out
+
+
+# ---- the ONNX Runtime custom-op library ------------------------------------------------------------
+def ort_sources(cuda: bool) -> list[Path]:
+    """The sources of libedgeports_ort_ops.so: the op library and the host reference (+ the CUDA kernels)."""
+    own = sorted((PLUGIN_DIR / "ort").glob("*.cpp")) + [PLUGIN_DIR / "kernels" / "host_reference.cpp"]
+    return own + (kernel_sources() if cuda else [])
+
+
+def ort_include(fetch: bool = True) -> Path:
+    """The directory with ONNX Runtime's onnxruntime_cxx_api.h: $ONNXRUNTIME_INCLUDE, else the headers of
+    Debian's libonnxruntime-dev cached under cache_dir() (downloaded now if `fetch`)."""
+    given = os.environ.get(ENV_ORT_INCLUDE)
+    if given:
+        for d in (Path(given), Path(given) / "onnxruntime"):
+            if (d / "onnxruntime_cxx_api.h").is_file():
+                return d
+        raise EdgeportsError(f"{ENV_ORT_INCLUDE}={given} holds no onnxruntime_cxx_api.h")
+    dest = cache_dir() / "ort-headers-1.21.0"
+    if (dest / "onnxruntime_cxx_api.h").is_file():
+        return dest
+    if not fetch:
+        raise EdgeportsError(f"ONNX Runtime's C++ API headers are not here: set {ENV_ORT_INCLUDE}")
+    _fetch_ort_headers(dest)
+    return dest
+
+
+def _fetch_ort_headers(dest: Path) -> None:
+    """Download Debian's libonnxruntime-dev, check its SHA-256 and unpack usr/include/onnxruntime into dest."""
+    import io
+    import tarfile
+    import urllib.request
+
+    url, sha = ORT_HEADERS_DEB
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            deb = r.read()
+    except OSError as e:
+        raise EdgeportsError(f"ONNX Runtime's C++ API headers: cannot download {url} ({e}); set {ENV_ORT_INCLUDE} "
+                             "to a directory holding onnxruntime_cxx_api.h") from None
+    if hashlib.sha256(deb).hexdigest() != sha:
+        raise EdgeportsError(f"{url}: SHA-256 mismatch (expected {sha}); not using it")
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(_ar_member(deb, "data.tar"))) as tar:
+        for m in tar.getmembers():
+            name = Path(m.name)
+            if m.isfile() and name.parent.name == "onnxruntime" and name.suffix == ".h":
+                (tmp / name.name).write_bytes(tar.extractfile(m).read())
+    if not (tmp / "onnxruntime_cxx_api.h").is_file():
+        raise EdgeportsError(f"{url} holds no onnxruntime_cxx_api.h")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+
+
+def _ar_member(data: bytes, prefix: str) -> bytes:
+    """The first member of an ar archive (a .deb) whose name starts with `prefix`."""
+    if not data.startswith(b"!<arch>\n"):
+        raise EdgeportsError("not a Debian package (no ar header)")
+    pos = 8
+    while pos + 60 <= len(data):
+        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode().strip())
+        if name.startswith(prefix):
+            return data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)
+    raise EdgeportsError(f"the Debian package has no {prefix}* member")
+
+
+def ort_ops_command(out: Path, archs: list[str] | None) -> list[str]:
+    """The compiler command that builds libedgeports_ort_ops.so: host C++ only (archs None: the CPU
+    provider), or nvcc with the CUDA kernels for those GPU architectures (the CPU and CUDA providers)."""
+    common = ["-O3", "-std=c++17", "-shared", "-I", str(PLUGIN_DIR / "include"), "-I", str(ort_include())]
+    if archs is None:
+        cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+        if cxx is None:
+            raise EdgeportsError(f"building {ORT_LIB} needs a C++ compiler (g++), which is not on this machine")
+        return [cxx, *common, "-fPIC", "-Wl,--no-undefined", *map(str, ort_sources(False)), "-o", str(out)]
+    cc = nvcc()
+    if cc is None:
+        raise EdgeportsError(f"building {ORT_LIB} for CUDA needs nvcc (the CUDA toolkit), which is not on this machine")
+    return [cc, *common, "-Xcompiler", "-fPIC", "-lineinfo", "-DEDGEPORTS_ORT_CUDA", *_gencode(archs),
+            *map(str, ort_sources(True)), "-o", str(out)]
+
+
+def build_ort_ops(cuda: bool, archs: list[str] | None = None, out_dir: Path | None = None) -> Path:
+    """Build libedgeports_ort_ops.so (cached by sources and variant): CPU provider only, or with `cuda` the
+    CUDA provider too, for `archs` (default: the current GPU). Returns its path."""
+    archs = (archs or [current_arch()]) if cuda else None
+    tag = f"sm{'_'.join(archs)}" if archs else "cpu"
+    out_dir = out_dir or cache_dir() / f"ort-{_source_hash(ort_sources(cuda))}-{tag}"
+    out = out_dir / ORT_LIB
+    if out.is_file():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    print(f"edgeports: building {ORT_LIB} ({tag}; once, cached in {out_dir})", file=sys.stderr, flush=True)
+    proc = subprocess.run(ort_ops_command(tmp, archs), capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.strip().splitlines()
+        raise EdgeportsError(f"building {ORT_LIB} failed: {errors[:1]}")
+    tmp.replace(out)
+    return out
+
+
+def find_ort_ops(cuda: bool) -> Path:
+    """The custom-op library for ONNX Runtime: $EDGEPORTS_ORT_CUSTOM_OPS, else a CMake build in
+    exporters/plugins/build, else built now (build_ort_ops) for the CPU, or with `cuda` for the current GPU."""
+    found = _prebuilt(ENV_ORT_LIB, ORT_LIB)
+    return found if found is not None else build_ort_ops(cuda)
+
+
+def ort_ops_providers(path: Path) -> tuple[str, ...]:
+    """The execution providers a custom-op library serves: ("cpu",) or ("cpu", "cuda")."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(path))
+    try:
+        n = lib.edgeports_ort_providers()
+    except AttributeError:
+        raise EdgeportsError(f"{path} is not an edgeports custom-op library (no edgeports_ort_providers)") from None
+    return ("cpu", "cuda") if n == 2 else ("cpu",)

@@ -43,9 +43,11 @@ Runtime's CPU and CUDA EPs; their KV caches are bound in place, which is the op'
 CUDA EP it is the fast attention lowering (onnxruntime-gpu 1.31.1, H100: tiny-llama/tiny-qwen2 and
 llama-3.2-1b fp16 within parity; it once failed parity there while total_sequence_length was computed from
 the device-resident position, which the CUDA EP reads on the host: exporters/onnx_custom.gqa_attend).
-Artifacts with the `custom` SSM lowering (ai.edgeports nodes, made for the TensorRT plugins) need a
-custom-op library implementing that domain: set EDGEPORTS_ORT_CUSTOM_OPS to its path; without it the
-runner refuses them (Unsupported). `layer_profile()` runs ORT's profiler (enable_profiling) and maps
+Artifacts with the `custom` SSM lowering (ai.edgeports nodes: one node per SSM op) run with edgeports'
+custom-op library (exporters/plugins/ort): $EDGEPORTS_ORT_CUSTOM_OPS, else built once and cached by
+exporters.plugin_build (the host reference for the CPU EP; on a cuda device the CUDA kernels too, with
+nvcc). A library without the CUDA kernels is refused on a cuda device: ORT would move every SSM node's
+tensors to the CPU and back. The library and its providers are in info["custom_ops"]. `layer_profile()` runs ORT's profiler (enable_profiling) and maps
 node times onto the op categories of edgeports.measure.ops.
 """
 
@@ -78,7 +80,7 @@ from edgeports.runners.base import (
 
 NAME = "onnx"
 CAPS = Capabilities(devices=("cpu", "cuda"), dtypes=DTYPES, prefill_modes=("full", "chunk"))
-CUSTOM_OPS_ENV = "EDGEPORTS_ORT_CUSTOM_OPS"
+CUSTOM_OPS_ENV = "EDGEPORTS_ORT_CUSTOM_OPS"  # = exporters.plugin_build.ENV_ORT_LIB
 _CONTROL_FLOW = ("Scan", "Loop", "If")
 ARENA_EXTEND = "kSameAsRequested"  # the arena grows by what is asked, not to the next power of two
 TORCH_MARGIN = 32 << 20  # torch's caching allocator rounds blocks up (2 MiB segments): slack for its part
@@ -248,7 +250,7 @@ class OrtRunner(StepRunner):
         # dynamic caches (onnx_cache=dynamic) are sized per prompt like eager's; static ones hold max_len
         self.cache_axes = {k: tuple(v) for k, v in ranges.get("cache_axes", {}).items()}
         self._providers = providers(self.device)
-        self._custom_ops = _custom_ops_library(ranges.get("onnx_ssm", "standard"))
+        self._custom_ops = _custom_ops_library(ranges.get("onnx_ssm", "standard"), self.device)
         self._weights = self._load_weights()
         self.weight_bytes = sum(t.numel() * t.element_size() for t, _ in self._weights.values())
         self._run_options = ort.RunOptions()
@@ -260,6 +262,7 @@ class OrtRunner(StepRunner):
                      "graphs": sorted(self._graphs), "opset": ranges.get("opset"), "onnx_ssm": ranges.get("onnx_ssm"),
                      "onnx_attention": ranges.get("onnx_attention", "standard"),
                      "cache": "dynamic" if self.cache_axes else f"static {self.max_len}", "shared_weights": len(self._weights),
+                     "custom_ops": self._custom_ops,
                      "inplace_slots": {g: sum(x.inplace) for g, x in self._graphs.items()}}
 
     # ---- loading ----------------------------------------------------------------------------------
@@ -292,7 +295,7 @@ class OrtRunner(StepRunner):
         if self.arena_bytes:
             so.add_session_config_entry("session.use_env_allocators", "1")  # the one capped arena
         if self._custom_ops:
-            so.register_custom_ops_library(self._custom_ops)
+            so.register_custom_ops_library(self._custom_ops["library"])
         for init in onnx.load(str(path), load_external_data=False).graph.initializer:
             if init.name in self._weights:
                 so.add_initializer(init.name, self._weights[init.name][1])
@@ -508,18 +511,26 @@ def _category(node: str, op_type: str, hints: dict[str, str]) -> str:
     return own if own in ("gemm", "embedding") else hints.get(node, own)
 
 
-def _custom_ops_library(lowering: str) -> str | None:
-    """The custom-op library for an artifact with ai.edgeports nodes, or Unsupported without one."""
+def _custom_ops_library(lowering: str, device: torch.device) -> dict[str, Any] | None:
+    """{"library": path, "providers": [...]} of the custom-op library for an artifact with ai.edgeports nodes
+    (None for other artifacts): given by $EDGEPORTS_ORT_CUSTOM_OPS or built (cached) for `device`;
+    Unsupported when it cannot be had."""
+    from edgeports.exporters import plugin_build
+
     if lowering != "custom":
         return None
-    lib = os.environ.get(CUSTOM_OPS_ENV)
-    if not lib:
-        raise Unsupported("this onnx artifact uses the ai.edgeports SSM nodes (--onnx-ssm custom, made for the "
-                          "TensorRT plugins), which ONNX Runtime has no kernels for: export with the standard "
-                          f"lowering, or set {CUSTOM_OPS_ENV} to a custom-op library implementing that domain")
-    if not Path(lib).is_file():
-        raise EdgeportsError(f"{CUSTOM_OPS_ENV}={lib}: no such file")
-    return lib
+    cuda = device.type == "cuda"
+    try:
+        lib = plugin_build.find_ort_ops(cuda)
+        served = plugin_build.ort_ops_providers(lib)
+    except EdgeportsError as e:
+        raise Unsupported(f"this onnx artifact uses the ai.edgeports SSM nodes (--onnx-ssm custom), which need "
+                          f"edgeports' ONNX Runtime custom-op library: {e}") from None
+    if cuda and "cuda" not in served:
+        raise Unsupported(f"{lib} has the SSM ops for ONNX Runtime's CPU provider only (built without nvcc); on "
+                          "cuda every SSM node would run on the CPU: build it with the CUDA kernels "
+                          f"(edgeports.exporters.plugin_build.build_ort_ops(cuda=True)) or unset {CUSTOM_OPS_ENV}")
+    return {"library": str(lib), "providers": list(served)}
 
 
 def load(artifact: Artifact, device: str) -> OrtRunner:

@@ -111,6 +111,17 @@ int edgeports_selective_state_update(const ep_ssu_params* p, void* stream);
 int edgeports_causal_conv1d(const ep_conv_params* p, void* stream);
 int edgeports_causal_conv1d_update(const ep_conv_update_params* p, void* stream);
 
+/* The host reference (kernels/host_reference.cpp, plain C++, no CUDA): the same params and signatures, all
+ * pointers in host memory, `stream` ignored, run to completion before returning. It serves ONNX Runtime's
+ * CPU execution provider in the custom-op library (ort/) and is tested against the Python reference. */
+size_t edgeports_host_selective_scan_workspace(const ep_selective_scan_params* p);
+int edgeports_host_selective_scan(const ep_selective_scan_params* p, void* workspace, size_t workspace_bytes, void* stream);
+size_t edgeports_host_ssd_chunk_scan_workspace(const ep_ssd_params* p);
+int edgeports_host_ssd_chunk_scan(const ep_ssd_params* p, void* workspace, size_t workspace_bytes, void* stream);
+int edgeports_host_selective_state_update(const ep_ssu_params* p, void* stream);
+int edgeports_host_causal_conv1d(const ep_conv_params* p, void* stream);
+int edgeports_host_causal_conv1d_update(const ep_conv_update_params* p, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
