@@ -1,8 +1,8 @@
 // IPluginV3 plugins for the ai.edgeports ONNX nodes (notes: KERNELS.md), TensorRT >= 10.0 (JetPack 6: 10.3).
 //
-// One plugin class and one creator class serve the five ops; an OpSpec table holds what differs (name,
-// required/optional inputs, attributes). The arithmetic is the C entry points of edgeports_ssm.h, the
-// same ones the Python tests exercise through ctypes.
+// One plugin class and one creator class serve the five ops; the OpSpec table of edgeports_ssm_ops.hpp holds
+// what differs (name, required/optional inputs, attributes), and the same header turns a node's tensors into
+// the params of the C entry points of edgeports_ssm.h, exactly as the ONNX Runtime custom ops (ort/) do.
 //
 // Inputs: the ONNX convention marks an absent optional input with an empty name, which TensorRT's ONNX
 // parser cannot hand to a plugin, so exporters/trt.py drops those inputs and records the ones kept in the
@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "edgeports_ssm.h"
+#include "edgeports_ssm_ops.hpp"
 
 #define EP_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -33,40 +34,6 @@ using namespace nvinfer1;
 
 constexpr char const* kNamespace = "edgeports";
 constexpr char const* kVersion = "1";
-constexpr int kMaxInputs = 9;
-
-enum class Op : int32_t { kSelectiveScan = 0, kSsdChunkScan, kSelectiveStateUpdate, kCausalConv1d, kCausalConv1dUpdate };
-
-// What each op's fields mean; `kind` says how they are typed on the wire.
-enum class Field { kSoftplus, kChunkSize, kDtMin, kDtMax, kActivation, kPresent };
-
-struct OpSpec {
-    char const* name;
-    int32_t required;       // leading inputs that are always there
-    int32_t optional;       // trailing optional inputs, in contract order
-    int32_t primary;        // input whose type y takes
-    int32_t stateTypeFrom;  // input whose type the state output takes; -1 = float32
-    std::vector<int32_t> float32Inputs;  // contract slots pinned to float32 (the contract's f32 tensors)
-    std::vector<std::pair<Field, char const*>> fields;
-};
-
-OpSpec const& spec(Op op) {
-    static OpSpec const specs[] = {
-        // u, delta, A, B, C | D, z, delta_bias, initial_state
-        {"SelectiveScan", 5, 4, 0, -1, {2, 5, 7, 8}, {{Field::kSoftplus, "delta_softplus"}, {Field::kPresent, "present"}}},
-        // x, dt, A, B, C | D, z, dt_bias, initial_state
-        {"SsdChunkScan", 5, 4, 0, -1, {2, 8},
-         {{Field::kChunkSize, "chunk_size"}, {Field::kSoftplus, "dt_softplus"}, {Field::kDtMin, "dt_min"},
-          {Field::kDtMax, "dt_max"}, {Field::kPresent, "present"}}},
-        // state, x, dt, A, B, C | D, z, dt_bias
-        {"SelectiveStateUpdate", 6, 3, 1, -1, {0, 3}, {{Field::kSoftplus, "dt_softplus"}, {Field::kPresent, "present"}}},
-        // x, weight | bias, initial_state
-        {"CausalConv1d", 2, 2, 0, 0, {}, {{Field::kActivation, "activation"}, {Field::kPresent, "present"}}},
-        // x, conv_state, weight | bias
-        {"CausalConv1dUpdate", 3, 1, 0, 1, {}, {{Field::kActivation, "activation"}, {Field::kPresent, "present"}}},
-    };
-    return specs[static_cast<int32_t>(op)];
-}
 
 ILoggerFinder* gLoggerFinder = nullptr;
 
@@ -74,15 +41,6 @@ void logError(std::string const& msg) noexcept {
     if (gLoggerFinder == nullptr) return;
     if (ILogger* logger = gLoggerFinder->findLogger()) logger->log(ILogger::Severity::kERROR, msg.c_str());
 }
-
-struct Attrs {
-    int32_t softplus = 0;
-    int32_t chunkSize = 256;  // kept for the round trip; the kernels choose their own blocking
-    float dtMin = 0.f;
-    float dtMax = INFINITY;
-    int32_t activation = EP_ACT_NONE;
-    int32_t present = -1;
-};
 
 int64_t fieldInt(PluginField const& f) {
     switch (f.type) {
@@ -105,10 +63,7 @@ float fieldFloat(PluginField const& f) {
 int32_t fieldActivation(PluginField const& f) {
     if (f.type != PluginFieldType::kCHAR) throw std::invalid_argument("field activation is not a string");
     std::string s(static_cast<char const*>(f.data), static_cast<size_t>(f.length));
-    s = s.c_str();  // a NUL inside the declared length ends the string
-    if (s.empty() || s == "none") return EP_ACT_NONE;
-    if (s == "silu") return EP_ACT_SILU;
-    throw std::invalid_argument("activation must be \"\" or \"silu\", got \"" + s + "\"");
+    return parseActivation(s.c_str());  // a NUL inside the declared length ends the string
 }
 
 Attrs parseFields(Op op, PluginFieldCollection const* fc) {
@@ -117,15 +72,15 @@ Attrs parseFields(Op op, PluginFieldCollection const* fc) {
     for (int32_t i = 0; i < fc->nbFields; ++i) {
         PluginField const& f = fc->fields[i];
         if (f.name == nullptr || f.data == nullptr || f.length < 1) continue;
-        for (auto const& [field, name] : spec(op).fields) {
+        for (auto const& [field, name] : spec(op).attrs) {
             if (std::strcmp(f.name, name) != 0) continue;
             switch (field) {
-                case Field::kSoftplus: a.softplus = fieldInt(f) != 0; break;
-                case Field::kChunkSize: a.chunkSize = static_cast<int32_t>(fieldInt(f)); break;
-                case Field::kDtMin: a.dtMin = fieldFloat(f); break;
-                case Field::kDtMax: a.dtMax = fieldFloat(f); break;
-                case Field::kActivation: a.activation = fieldActivation(f); break;
-                case Field::kPresent: a.present = static_cast<int32_t>(fieldInt(f)); break;
+                case Attr::kSoftplus: a.softplus = fieldInt(f) != 0; break;
+                case Attr::kChunkSize: a.chunkSize = static_cast<int32_t>(fieldInt(f)); break;
+                case Attr::kDtMin: a.dtMin = fieldFloat(f); break;
+                case Attr::kDtMax: a.dtMax = fieldFloat(f); break;
+                case Attr::kActivation: a.activation = fieldActivation(f); break;
+                case Attr::kPresent: a.present = static_cast<int32_t>(fieldInt(f)); break;
             }
         }
     }
@@ -261,18 +216,18 @@ public:
     PluginFieldCollection const* getFieldsToSerialize() noexcept override {
         mSerialized.clear();
         mActivation = mAttrs.activation == EP_ACT_SILU ? "silu" : "";
-        for (auto const& [field, name] : spec(mOp).fields) {
+        for (auto const& [field, name] : spec(mOp).attrs) {
             switch (field) {
-                case Field::kSoftplus: mSerialized.emplace_back(name, &mAttrs.softplus, PluginFieldType::kINT32, 1); break;
-                case Field::kChunkSize: mSerialized.emplace_back(name, &mAttrs.chunkSize, PluginFieldType::kINT32, 1); break;
-                case Field::kDtMin: mSerialized.emplace_back(name, &mAttrs.dtMin, PluginFieldType::kFLOAT32, 1); break;
-                case Field::kDtMax: mSerialized.emplace_back(name, &mAttrs.dtMax, PluginFieldType::kFLOAT32, 1); break;
-                case Field::kActivation:
+                case Attr::kSoftplus: mSerialized.emplace_back(name, &mAttrs.softplus, PluginFieldType::kINT32, 1); break;
+                case Attr::kChunkSize: mSerialized.emplace_back(name, &mAttrs.chunkSize, PluginFieldType::kINT32, 1); break;
+                case Attr::kDtMin: mSerialized.emplace_back(name, &mAttrs.dtMin, PluginFieldType::kFLOAT32, 1); break;
+                case Attr::kDtMax: mSerialized.emplace_back(name, &mAttrs.dtMax, PluginFieldType::kFLOAT32, 1); break;
+                case Attr::kActivation:
                     // length includes the NUL so that an empty string still serialises as one field
                     mSerialized.emplace_back(name, mActivation.c_str(), PluginFieldType::kCHAR,
                                              static_cast<int32_t>(mActivation.size() + 1));
                     break;
-                case Field::kPresent: mSerialized.emplace_back(name, &mAttrs.present, PluginFieldType::kINT32, 1); break;
+                case Attr::kPresent: mSerialized.emplace_back(name, &mAttrs.present, PluginFieldType::kINT32, 1); break;
             }
         }
         mFc.nbFields = static_cast<int32_t>(mSerialized.size());
@@ -306,79 +261,24 @@ private:
         return desc[index(slot, nb)].dims.d[d];
     }
 
-    // Element strides of an input read as `target` dims, right-aligned, 0 on broadcast dims.
-    void broadcastStrides(PluginTensorDesc const* desc, int32_t nb, int32_t slot, int32_t rank, int64_t* strides) const {
-        for (int32_t k = 0; k < rank; ++k) strides[k] = 0;
-        const int32_t i = index(slot, nb);
-        if (i < 0) return;
-        Dims const& d = desc[i].dims;
-        int64_t s = 1;
-        for (int32_t k = d.nbDims - 1, t = rank - 1; k >= 0 && t >= 0; --k, --t) {
-            strides[t] = d.d[k] == 1 ? 0 : s;
-            s *= d.d[k];
-        }
-    }
-
-    // Fill the params of the op from descriptors (and pointers, when given: enqueue).
-    ep_selective_scan_params ssParams(PluginTensorDesc const* d, int32_t nb, void const* const* x,
-                                      PluginTensorDesc const* od, void* const* y) const {
-        ep_selective_scan_params p{};
-        p.batch = static_cast<int32_t>(dim(d, nb, 0, 0));
-        p.dim = static_cast<int32_t>(dim(d, nb, 0, 1));
-        p.seqlen = static_cast<int32_t>(dim(d, nb, 0, 2));
-        p.dstate = static_cast<int32_t>(dim(d, nb, 2, 1));
-        p.delta_softplus = mAttrs.softplus;
-        ep_in* slots[] = {&p.u, &p.delta, &p.A, &p.B, &p.C, &p.D, &p.z, &p.delta_bias, &p.initial_state};
-        fillInputs(slots, 9, d, nb, x);
-        fillOutputs(&p.y, &p.final_state, od, y);
-        return p;
-    }
-
-    ep_ssd_params ssdParams(PluginTensorDesc const* d, int32_t nb, void const* const* x, PluginTensorDesc const* od,
-                            void* const* y) const {
-        ep_ssd_params p{};
-        p.batch = static_cast<int32_t>(dim(d, nb, 0, 0));
-        p.seqlen = static_cast<int32_t>(dim(d, nb, 0, 1));
-        p.nheads = static_cast<int32_t>(dim(d, nb, 0, 2));
-        p.headdim = static_cast<int32_t>(dim(d, nb, 0, 3));
-        p.ngroups = static_cast<int32_t>(dim(d, nb, 3, 2));
-        p.dstate = static_cast<int32_t>(dim(d, nb, 3, 3));
-        p.dt_softplus = mAttrs.softplus;
-        p.dt_min = mAttrs.dtMin;
-        p.dt_max = mAttrs.dtMax;
-        ep_in* slots[] = {&p.x, &p.dt, &p.A, &p.B, &p.C, &p.D, &p.z, &p.dt_bias, &p.initial_state};
-        fillInputs(slots, 9, d, nb, x);
-        fillOutputs(&p.y, &p.final_state, od, y);
-        return p;
-    }
-
-    void fillInputs(ep_in** slots, int32_t n, PluginTensorDesc const* d, int32_t nb, void const* const* x) const {
-        for (int32_t s = 0; s < n; ++s) {
+    // The engine's tensors in contract slot order (absent optional inputs not present); pointers when given.
+    void slots(PluginTensorDesc const* d, int32_t nb, void const* const* x, Slot* in) const {
+        for (int32_t s = 0; s < nbSlots(mOp); ++s) {
             const int32_t i = index(s, nb);
-            *slots[s] = i < 0 ? ep_in{nullptr, 0} : ep_in{x ? x[i] : kPlaceholder, dtypeCode(d[i].type)};
+            if (i < 0) continue;
+            in[s].present = true;
+            in[s].data = x ? x[i] : nullptr;
+            in[s].dtype = dtypeCode(d[i].type);
+            in[s].rank = d[i].dims.nbDims;
+            for (int32_t k = 0; k < d[i].dims.nbDims && k < kMaxRank; ++k) in[s].dims[k] = d[i].dims.d[k];
         }
-    }
-
-    static void fillOutputs(ep_out* y, ep_out* state, PluginTensorDesc const* od, void* const* out) {
-        if (od == nullptr || out == nullptr) return;
-        *y = ep_out{out[0], dtypeCode(od[0].type)};
-        *state = ep_out{out[1], dtypeCode(od[1].type)};
     }
 
     size_t workspaceFor(PluginTensorDesc const* d, int32_t nb) const {
-        if (mOp == Op::kSelectiveScan) {
-            const ep_selective_scan_params p = ssParams(d, nb, nullptr, nullptr, nullptr);
-            return edgeports_selective_scan_workspace(&p);
-        }
-        if (mOp == Op::kSsdChunkScan) {
-            const ep_ssd_params p = ssdParams(d, nb, nullptr, nullptr, nullptr);
-            return edgeports_ssd_chunk_scan_workspace(&p);
-        }
-        return 0;
+        Slot in[kMaxSlots];
+        slots(d, nb, nullptr, in);
+        return workspaceBytes(mOp, cudaKernels(), in, mAttrs);
     }
-
-    // Workspace queries need no data, only "present"; the kernels never see this pointer.
-    static inline void const* const kPlaceholder = reinterpret_cast<void const*>(16);
 
     Op mOp;
     Attrs mAttrs;
@@ -390,65 +290,12 @@ private:
 
 int32_t SsmPlugin::enqueue(PluginTensorDesc const* d, PluginTensorDesc const* od, void const* const* x,
                            void* const* y, void* workspace, cudaStream_t stream) noexcept {
-    const int32_t nb = nbIn();
-    int rc = EP_OK;
-    size_t ws = 0;
-    switch (mOp) {
-        case Op::kSelectiveScan: {
-            const ep_selective_scan_params p = ssParams(d, nb, x, od, y);
-            ws = edgeports_selective_scan_workspace(&p);
-            rc = edgeports_selective_scan(&p, workspace, ws, stream);
-            break;
-        }
-        case Op::kSsdChunkScan: {
-            const ep_ssd_params p = ssdParams(d, nb, x, od, y);
-            ws = edgeports_ssd_chunk_scan_workspace(&p);
-            rc = edgeports_ssd_chunk_scan(&p, workspace, ws, stream);
-            break;
-        }
-        case Op::kSelectiveStateUpdate: {
-            ep_ssu_params p{};
-            p.batch = static_cast<int32_t>(dim(d, nb, 0, 0));
-            p.nheads = static_cast<int32_t>(dim(d, nb, 0, 1));
-            p.headdim = static_cast<int32_t>(dim(d, nb, 0, 2));
-            p.dstate = static_cast<int32_t>(dim(d, nb, 0, 3));
-            p.ngroups = static_cast<int32_t>(dim(d, nb, 4, 1));
-            p.dt_softplus = mAttrs.softplus;
-            broadcastStrides(d, nb, 3, 3, p.a_stride);
-            broadcastStrides(d, nb, 6, 2, p.d_stride);
-            broadcastStrides(d, nb, 8, 2, p.dt_bias_stride);
-            ep_in* slots[] = {&p.state, &p.x, &p.dt, &p.A, &p.B, &p.C, &p.D, &p.z, &p.dt_bias};
-            fillInputs(slots, 9, d, nb, x);
-            fillOutputs(&p.y, &p.new_state, od, y);
-            rc = edgeports_selective_state_update(&p, stream);
-            break;
-        }
-        case Op::kCausalConv1d: {
-            ep_conv_params p{};
-            p.batch = static_cast<int32_t>(dim(d, nb, 0, 0));
-            p.dim = static_cast<int32_t>(dim(d, nb, 0, 1));
-            p.seqlen = static_cast<int32_t>(dim(d, nb, 0, 2));
-            p.width = static_cast<int32_t>(dim(d, nb, 1, 1));
-            p.activation = mAttrs.activation;
-            ep_in* slots[] = {&p.x, &p.weight, &p.bias, &p.initial_state};
-            fillInputs(slots, 4, d, nb, x);
-            fillOutputs(&p.y, &p.final_state, od, y);
-            rc = edgeports_causal_conv1d(&p, stream);
-            break;
-        }
-        case Op::kCausalConv1dUpdate: {
-            ep_conv_update_params p{};
-            p.batch = static_cast<int32_t>(dim(d, nb, 0, 0));
-            p.dim = static_cast<int32_t>(dim(d, nb, 0, 1));
-            p.width = static_cast<int32_t>(dim(d, nb, 2, 1));
-            p.activation = mAttrs.activation;
-            ep_in* slots[] = {&p.x, &p.conv_state, &p.weight, &p.bias};
-            fillInputs(slots, 4, d, nb, x);
-            fillOutputs(&p.y, &p.new_conv_state, od, y);
-            rc = edgeports_causal_conv1d_update(&p, stream);
-            break;
-        }
-    }
+    Slot in[kMaxSlots];
+    slots(d, nbIn(), x, in);
+    const OutSlot out[2] = {{y[0], dtypeCode(od[0].type)}, {y[1], dtypeCode(od[1].type)}};
+    const Kernels k = cudaKernels();
+    const size_t ws = workspaceBytes(mOp, k, in, mAttrs);
+    const int rc = run(mOp, k, in, out, mAttrs, workspace, ws, stream);
     if (rc != EP_OK) {
         logError(std::string("edgeports ") + spec(mOp).name + ": " + edgeports_ssm_error_string(rc));
         return 1;
@@ -459,9 +306,9 @@ int32_t SsmPlugin::enqueue(PluginTensorDesc const* d, PluginTensorDesc const* od
 class SsmPluginCreator final : public IPluginCreatorV3One {
 public:
     explicit SsmPluginCreator(Op op) : mOp(op) {
-        for (auto const& [field, name] : spec(op).fields) {
-            const PluginFieldType t = field == Field::kActivation ? PluginFieldType::kCHAR
-                                      : (field == Field::kDtMin || field == Field::kDtMax) ? PluginFieldType::kFLOAT32
+        for (auto const& [field, name] : spec(op).attrs) {
+            const PluginFieldType t = field == Attr::kActivation ? PluginFieldType::kCHAR
+                                      : (field == Attr::kDtMin || field == Attr::kDtMax) ? PluginFieldType::kFLOAT32
                                                                                            : PluginFieldType::kINT32;
             mFields.emplace_back(name, nullptr, t, 1);
         }
