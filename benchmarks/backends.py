@@ -92,16 +92,16 @@ def setup_compile_aot(lm, args):
     return runner, setup_s, {"export_s": round(setup_s, 1)}
 
 
-def export_onnx(lm, args, attention: str = "standard") -> Path:
-    """ONNX graphs of the LM (standard SSM lowering, KV caches sized per prompt) in the workdir; traced on the
-    host CPU (an ONNX graph has no device). `attention`: the exporter's onnx_attention lowering."""
+def export_onnx(lm, args, attention: str = "standard", ssm: str = "standard") -> Path:
+    """ONNX graphs of the LM (KV caches sized per prompt) in the workdir; traced on the host CPU (an ONNX graph
+    has no device). `attention` / `ssm`: the exporter's onnx_attention / onnx_ssm lowerings."""
     from edgeports.exporters import onnx as onnx_exporter
     from edgeports.exporters.base import ExportOptions
 
-    extra = (("onnx_chunked", False), ("onnx_cache", "dynamic"), ("onnx_attention", attention))
+    extra = (("onnx_chunked", False), ("onnx_cache", "dynamic"), ("onnx_attention", attention), ("onnx_ssm", ssm))
+    tag = attention if ssm == "standard" else f"{attention}-ssm-{ssm}"
     options = ExportOptions(dtype=args.dtype, max_len=args.max_len, extra=extra)
-    return onnx_exporter.export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-onnx-{attention}",
-                                options).path
+    return onnx_exporter.export(lm, Path(args.workdir) / f"{lm.spec.name}-{args.dtype}-onnx-{tag}", options).path
 
 
 def export_onnx_gqa(lm, args) -> Path:
@@ -112,6 +112,18 @@ def export_onnx_gqa(lm, args) -> Path:
     if not gqa_applicable(lm):
         raise RuntimeError(f"{lm.spec.name} has no attention: its gqa export is the standard one (see ort-cuda)")
     return export_onnx(lm, args, "gqa")
+
+
+def export_onnx_custom(lm, args) -> Path:
+    """The export with every SSM op as one ai.edgeports node (onnx_ssm=custom; attention as GroupQueryAttention
+    where the LM has some), run by edgeports' custom-op library; refused for a model without SSM layers."""
+    from edgeports.exporters.onnx import gqa_applicable
+    from edgeports.models.layers.mamba import MambaMixer
+    from edgeports.models.layers.mamba2 import Mamba2Mixer
+
+    if not any(isinstance(m, (MambaMixer, Mamba2Mixer)) for m in lm.modules()):
+        raise RuntimeError(f"{lm.spec.name} has no SSM layers: its custom export is the gqa one (see ort-cuda-gqa)")
+    return export_onnx(lm, args, "gqa" if gqa_applicable(lm) else "standard", "custom")
 
 
 def _ort_cuda(lm, args, backend: str, export_fn):
@@ -139,11 +151,16 @@ def setup_ort_cuda_gqa(lm, args):
     return _ort_cuda(lm, args, "ort-cuda-gqa", export_onnx_gqa)
 
 
+def setup_ort_cuda_custom(lm, args):
+    """The SSM ops as ai.edgeports nodes under the CUDA EP, on edgeports' CUDA kernels (custom-op library)."""
+    return _ort_cuda(lm, args, "ort-cuda-custom", export_onnx_custom)
+
+
 BACKENDS = {"eager": setup_eager, "compile-jit": setup_compile_jit, "compile-aot": setup_compile_aot,
-            "ort-cuda": setup_ort_cuda, "ort-cuda-gqa": setup_ort_cuda_gqa}
+            "ort-cuda": setup_ort_cuda, "ort-cuda-gqa": setup_ort_cuda_gqa, "ort-cuda-custom": setup_ort_cuda_custom}
 # the work a --jobs worker does ahead of the measurements: an export, or (JIT) a compile that fills the caches
 PREPARE = {"compile-jit": None, "compile-aot": export_compile_aot, "ort-cuda": export_onnx,
-           "ort-cuda-gqa": export_onnx_gqa}
+           "ort-cuda-gqa": export_onnx_gqa, "ort-cuda-custom": export_onnx_custom}
 
 
 # ---- preparing in parallel (--jobs) -------------------------------------------------------------------

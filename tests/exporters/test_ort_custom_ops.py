@@ -67,8 +67,10 @@ def _reference(op_type: str, tensors: dict, attrs: dict):
     return getattr(kernels, spec.torch_op)(**kw, **extra, impl="ref")
 
 
-def _one_node_session(op_type: str, tensors: dict, attrs: dict, dtypes: dict, library: str):
-    """An ORT CPU session of one ai.edgeports node whose graph inputs are the present tensors."""
+def _one_node_session(op_type: str, tensors: dict, attrs: dict, dtypes: dict, library: str,
+                      provider: str = "CPUExecutionProvider"):
+    """An ORT session (CPU provider by default) of one ai.edgeports node whose graph inputs are the present
+    tensors."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -84,7 +86,7 @@ def _one_node_session(op_type: str, tensors: dict, attrs: dict, dtypes: dict, li
                               opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(onnx_custom.DOMAIN, 1)])
     so = ort.SessionOptions()
     so.register_custom_ops_library(str(library))
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
 
 
 def _run(sess, tensors: dict, out_dtypes: list, out_shapes: list):
@@ -198,3 +200,66 @@ def test_refusals(monkeypatch, tmp_path, ort_ops_cpu):
     monkeypatch.setenv("EDGEPORTS_CACHE", str(tmp_path))
     with pytest.raises(Unsupported, match="custom-op library: ONNXRUNTIME_INCLUDE=/nonexistent holds no"):
         ort._custom_ops_library("custom", torch.device("cpu"))
+
+
+# ---- GPU: the CUDA provider's ops (edgeports' CUDA kernels on ORT's stream, workspace from ORT's arena) ----
+@pytest.fixture(scope="module")
+def ort_ops_cuda():
+    import onnxruntime as ort
+
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs a CUDA GPU and onnxruntime-gpu")
+    if plugin_build.nvcc() is None:
+        pytest.skip("needs nvcc to build the CUDA variant")
+    return plugin_build.build_ort_ops(cuda=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("op_type", [n.op_type for n in onnx_custom.NODES])
+def test_each_op_on_the_cuda_provider(ort_ops_cuda, op_type, dtype):
+    from edgeports.runners.ort import bind
+
+    g = torch.Generator().manual_seed(11)
+    _, tensors, attrs = next(c for c in _cases(g, L=1500, bt=1) if c[0] == op_type)  # long: chunked scans
+    f32 = {"A", "state", "initial_state"} | ({"D", "delta_bias"} if op_type == "SelectiveScan" else set())
+    tensors = {k: (v if k in f32 else v.to(dtype)) for k, v in tensors.items()}
+    want_y, want_state = _reference(op_type, tensors, attrs)
+    spec = onnx_custom.BY_OP_TYPE[op_type]
+    state_dtype = torch.float32 if STATE_F32[op_type] else dtype
+    dtypes = {k: v.dtype for k, v in tensors.items()} | {spec.outputs[0]: dtype, spec.outputs[1]: state_dtype}
+    sess = _one_node_session(op_type, tensors, attrs, dtypes, ort_ops_cuda, "CUDAExecutionProvider")
+    assert sess.get_providers()[0] == "CUDAExecutionProvider"
+    binding = sess.io_binding()
+    for i in sess.get_inputs():
+        bind(binding, i.name, tensors[i.name].cuda().contiguous(), True)
+    outs = [torch.empty(want_y.shape, dtype=dtype, device="cuda"),
+            torch.empty(want_state.shape, dtype=state_dtype, device="cuda")]
+    for o, t in zip(sess.get_outputs(), outs, strict=True):
+        bind(binding, o.name, t, False)
+    sess.run_with_iobinding(binding)
+    torch.cuda.synchronize()
+    for got, want, d in ((outs[0], want_y, dtype), (outs[1], want_state, state_dtype)):
+        tol = TOL[d] * 4  # the CUDA kernels sum in another order (chunked scans)
+        torch.testing.assert_close(got.cpu().double(), want.to(d).double(), rtol=tol, atol=tol * max(1, want.abs().max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-3), ("float16", 3e-2)])
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2", "tiny-falcon-h1"])
+def test_custom_lowering_on_cuda_runs_like_eager(tmp_path, ort_ops_cuda, name, dtype, tol):
+    from edgeports.exporters import onnx as onnx_exporter
+    from edgeports.runners import ort
+
+    opts = ExportOptions(dtype=dtype, max_len=600, extra=(("onnx_ssm", "custom"), ("onnx_chunked", "false")))
+    art = read_artifact(onnx_exporter.export(get_spec(name), tmp_path / name, opts).path, "onnx")
+    runner = ort.load(art, "cuda")
+    assert runner.info["provider"] == "CUDAExecutionProvider" and runner.info["custom_ops"]["providers"] == ["cpu", "cuda"]
+    ref = EagerRunner(build_lm(art.spec, art.options, "cuda"), "cuda")
+    g = torch.Generator().manual_seed(5)
+    rel = lambda a, b: float((a.float() - b.float()).abs().max() / b.float().abs().max())
+    for length in (500, 1):  # long enough for the chunked scans
+        ids = torch.randint(0, art.spec.config["vocab_size"], (1, length), generator=g)
+        errs = [rel(runner.prefill(ids, max_len=600), ref.prefill(ids, max_len=600))]
+        errs += [rel(runner.decode(1), ref.decode(1)) for _ in range(4)]
+        assert max(errs) < tol, errs
