@@ -81,10 +81,12 @@ NODES = (
              ("y", "new_conv_state"), (("activation", "string"),)),
 )
 BY_OP_TYPE = {n.op_type: n for n in NODES}
-# the tensor that fixes y's dtype, and the float32 state tensors (inputs and outputs)
+# the tensor that fixes y's dtype, and the float32 SSM state tensors (inputs and outputs); the conv ops'
+# states (initial_state / final_state of CausalConv1d too) keep the activation's dtype
 _ACTIVATION = {"SelectiveScan": "u", "SelectiveStateUpdate": "x", "SsdChunkScan": "x", "CausalConv1d": "x",
                "CausalConv1dUpdate": "x"}
 _F32 = {"state", "initial_state", "final_state", "new_state"}
+_CONV = ("CausalConv1d", "CausalConv1dUpdate")
 
 
 def register_schemas() -> None:
@@ -96,8 +98,9 @@ def register_schemas() -> None:
         if defs.has(spec.op_type, VERSION, DOMAIN):
             continue
         act = _ACTIVATION[spec.op_type]
-        inputs = [_param(n, act, i >= spec.required) for i, n in enumerate(spec.inputs)]
-        outputs = [_param(n, act, False) for n in spec.outputs]
+        f32 = set() if spec.op_type in _CONV else _F32
+        inputs = [_param(n, act, i >= spec.required, f32) for i, n in enumerate(spec.inputs)]
+        outputs = [_param(n, act, False, f32) for n in spec.outputs]
         tvars = sorted({p.type_str for p in inputs + outputs if not p.type_str.startswith("tensor(")})
         kinds = {"int": S.AttrType.INT, "float": S.AttrType.FLOAT, "string": S.AttrType.STRING}
         defs.register_schema(S(spec.op_type, DOMAIN, VERSION, f"edgeports::{spec.torch_op} (notes/KERNELS.md)",
@@ -115,12 +118,12 @@ def _PARSER_ATTRIBUTES(S) -> list:
             S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version", required=False)]
 
 
-def _param(name: str, activation: str, optional: bool):
-    """A schema input/output: y shares the activation's type var T, states are float32, every other
+def _param(name: str, activation: str, optional: bool, f32: set[str]):
+    """A schema input/output: y shares the activation's type var T, the names in f32 (SSM states) are float32, every other
     tensor gets its own type var (the contract allows e.g. float32 A with bfloat16 u)."""
     from onnx.defs import OpSchema as S
 
-    type_str = "tensor(float)" if name in _F32 else "T" if name in (activation, "y") else f"T_{name}"
+    type_str = "tensor(float)" if name in f32 else "T" if name in (activation, "y") else f"T_{name}"
     opt = S.FormalParameterOption.Optional if optional else S.FormalParameterOption.Single
     return S.FormalParameter(name, type_str, "", param_option=opt)
 

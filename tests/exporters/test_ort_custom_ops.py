@@ -82,7 +82,8 @@ def _one_node_session(op_type: str, tensors: dict, attrs: dict, dtypes: dict, li
     inputs = [helper.make_tensor_value_info(n, elem[dtypes[n]], list(tensors[n].shape)) for n in names if n]
     outputs = [helper.make_tensor_value_info(o, elem[dtypes[o]], None) for o in spec.outputs]
     node = helper.make_node(op_type, names, list(spec.outputs), domain=onnx_custom.DOMAIN, **attrs)
-    model = helper.make_model(helper.make_graph([node], "one", inputs, outputs),
+    # IR 10: what the exporter writes, and what onnxruntime 1.31 (GPU) still reads (onnx 1.23 would write 14)
+    model = helper.make_model(helper.make_graph([node], "one", inputs, outputs), ir_version=10,
                               opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(onnx_custom.DOMAIN, 1)])
     so = ort.SessionOptions()
     so.register_custom_ops_library(str(library))
@@ -143,6 +144,16 @@ def test_unsupported_dtype_is_a_clear_error(ort_ops_cpu):
     sess = _one_node_session("CausalConv1d", tensors, attrs, dtypes, ort_ops_cpu)
     with pytest.raises(Exception, match="edgeports CausalConv1d: input: only float32, float16 and bfloat16"):
         _run(sess, tensors, [torch.float32, torch.float32], [(2, 6, 11), (2, 6, 3)])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_custom_exports_pass_the_checker(tmp_path, dtype):
+    from edgeports.exporters import onnx as onnx_exporter
+
+    # the export runs onnx.checker with full shape/type inference: conv states keep the activation's dtype
+    opts = ExportOptions(dtype=dtype, max_len=32, extra=(("onnx_ssm", "custom"), ("onnx_chunked", "false")))
+    art = onnx_exporter.export(get_spec("tiny-mamba"), tmp_path / dtype, opts)
+    assert art.shape_ranges["graphs"]["prefill"]["custom_nodes"] == 2 * get_spec("tiny-mamba").config["num_hidden_layers"]
 
 
 def test_library_says_which_providers_it_serves(ort_ops_cpu):
