@@ -172,8 +172,11 @@ def test_selective_scan(cuda_impl, dtype, shape, full):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+# 16-bit inputs with headdim 32/64/128 take the chunked tensor-core form (chunks of 128 or 64 steps, the last
+# one partial here), the others the recurrence.
 @pytest.mark.parametrize("shape,full", [((2, 45, 4, 8, 2, 16), True), ((1, 700, 3, 64, 1, 128), True),
-                                        ((1, 300, 2, 24, 1, 48), False), ((2, 129, 6, 5, 3, 8), True)])
+                                        ((1, 300, 2, 24, 1, 48), False), ((2, 129, 6, 5, 3, 8), True),
+                                        ((2, 200, 4, 32, 2, 16), True), ((1, 300, 2, 128, 1, 64), False)])
 def test_ssd_chunk_scan(cuda_impl, dtype, shape, full):
     bt, L, h, p, ng, n = shape
     dev = "cuda"

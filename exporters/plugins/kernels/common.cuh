@@ -109,6 +109,12 @@ struct ChunkPlan {
 // base_blocks: blocks of one pass without chunking; warps_per_block: their size.
 ChunkPlan plan_chunks(int64_t base_blocks, int warps_per_block, int64_t seqlen, int tile);
 
+// The SSD scan's chunked tensor-core form (ssd_chunked.cu): whether it serves these params (16-bit x/B/C,
+// headdim 32/64/128, dstate % 16 == 0 and <= 256, sm_80+), its workspace, and the launch.
+bool ssd_chunked_applies(const ep_ssd_params& p);
+size_t ssd_chunked_workspace(const ep_ssd_params& p);
+int ssd_chunked(const ep_ssd_params& p, void* workspace, cudaStream_t stream);
+
 // Workspace of a plan: chunk states [nc-1, rows, per_row] and dt sums [nc-1, rows] (float32).
 size_t chunk_workspace_bytes(const ChunkPlan& plan, int64_t rows, int64_t per_row);
 

@@ -1,4 +1,5 @@
-// Mamba2 SSD scan (prefill) as a recurrence: a head's state [headdim, dstate] is spread over a
+// Mamba2 SSD scan (prefill). 16-bit inputs of the usual sizes take the chunked tensor-core form of
+// ssd_chunked.cu; the rest (float32, odd head sizes) this recurrence: a head's state [headdim, dstate] is spread over a
 // block, `tpp` lanes per p holding dstate/tpp states each in registers, y reduced over those
 // lanes by shuffles. The decay is one scalar per (head, step), so a step costs two FMAs per state.
 // Parallelism along the sequence comes from the chunk plan of common.cuh.
@@ -161,8 +162,11 @@ ChunkPlan plan(const ep_ssd_params& p, const SsdShape& sh) {
 }  // namespace
 }  // namespace ep
 
+// The chunked tensor-core form where it applies (ssd_chunked.cu), else this recurrence; the workspace covers
+// whichever runs.
 extern "C" size_t edgeports_ssd_chunk_scan_workspace(const ep_ssd_params* p) {
     if (!p || p->batch <= 0 || p->nheads <= 0 || p->headdim <= 0 || p->dstate <= 0 || p->seqlen <= 0) return 0;
+    if (p->ngroups > 0 && p->nheads % p->ngroups == 0 && ep::ssd_chunked_applies(*p)) return ep::ssd_chunked_workspace(*p);
     const ep::SsdShape sh = ep::shape_of(*p);
     return ep::chunk_workspace_bytes(ep::plan(*p, sh), static_cast<int64_t>(p->batch) * p->nheads,
                                      static_cast<int64_t>(p->headdim) * p->dstate);
@@ -177,6 +181,11 @@ extern "C" int edgeports_ssd_chunk_scan(const ep_ssd_params* p, void* workspace,
         !valid_in(p->C, true) || !valid_in(p->D, false) || !valid_in(p->z, false) || !valid_in(p->dt_bias, false) ||
         !valid_in(p->initial_state, false) || !valid_out(p->y) || !valid_out(p->final_state))
         return EP_ERR_ARGS;
+    if (ssd_chunked_applies(*p)) {
+        const size_t need = ssd_chunked_workspace(*p);
+        if (need > 0 && (!workspace || workspace_bytes < need)) return EP_ERR_WORKSPACE;
+        return ssd_chunked(*p, workspace, static_cast<cudaStream_t>(stream));
+    }
     if (p->dstate > 32 * kNpt) return EP_ERR_UNSUPPORTED;
     const SsdShape sh = shape_of(*p);
     const ChunkPlan pl = plan(*p, sh);

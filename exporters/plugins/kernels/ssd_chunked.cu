@@ -1,0 +1,337 @@
+// Mamba2 SSD scan (prefill) in its chunked matrix form on tensor cores, for float16 / bfloat16 x, B, C.
+//
+// The sequence is cut into chunks of Q steps. Within a chunk the scan is two matrix products; across
+// chunks only the [headdim, dstate] states pass along (the SSD paper's block decomposition):
+//   1. states:  S_c = sum_t exp(s_end - s_t) dt_t x_t (x) B_t      [P, N] per (chunk, head), tensor cores
+//   2. pass:    H_c = state entering chunk c: H_0 = initial, H_{c+1} = exp(s_end_c) H_c + S_c   (elementwise)
+//   3. output:  y_t = exp(s_t) C_t H_c  +  sum_{j<=t} (C_t . B_j) exp(s_t - s_j) dt_j x_j  +  D x_t
+//               (then y *= silu(z)), both terms on tensor cores
+// with dt after bias / softplus / clamp and s_t the inclusive cumulative sum of dt * A within the chunk.
+// Decays, dt and accumulation stay in float32; the operands of the products are the inputs' 16-bit type
+// (the states H_c and the masked decay matrix are rounded to it, as mamba_ssm's Triton kernels do).
+// Requirements: sm_80+, x/B/C of one 16-bit dtype, headdim in {32, 64, 128}, dstate a multiple of 16 up to
+// 256; otherwise ssd_chunk_scan.cu runs the recurrence.
+#include <mma.h>
+
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace ep {
+namespace {
+
+using namespace nvcuda;
+
+template <typename T>
+__device__ __forceinline__ T to_t(float v);
+template <>
+__device__ __forceinline__ __half to_t<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 to_t<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+struct ChunkIdx {
+    int c, h, g, valid;
+    int64_t b, t0;
+};
+
+__device__ __forceinline__ ChunkIdx chunk_idx(const ep_ssd_params& p, int Q) {
+    ChunkIdx k;
+    k.c = blockIdx.x;
+    k.h = blockIdx.y;
+    k.b = blockIdx.z;
+    k.g = k.h / (p.nheads / p.ngroups);
+    k.t0 = static_cast<int64_t>(k.c) * Q;
+    k.valid = static_cast<int>(min(static_cast<int64_t>(Q), p.seqlen - k.t0));
+    return k;
+}
+
+// s_dt[i] = dt after bias / softplus / clamp (0 past the sequence), s_cum[i] = sum_{j<=i} s_dt[j] * A[h].
+template <int Q>
+__device__ void chunk_decay(const ep_ssd_params& p, const ChunkIdx& k, float* s_dt, float* s_cum) {
+    const float A = ld(p.A.data, p.A.dtype, k.h);
+    const float bias = ld_or(p.dt_bias, k.h, 0.f);
+    for (int i = threadIdx.x; i < Q; i += blockDim.x) {
+        float dt = 0.f;
+        if (i < k.valid) {
+            dt = ld(p.dt.data, p.dt.dtype, (k.b * p.seqlen + k.t0 + i) * p.nheads + k.h) + bias;
+            if (p.dt_softplus) dt = softplus(dt);
+            dt = fminf(fmaxf(dt, p.dt_min), p.dt_max);
+        }
+        s_dt[i] = dt;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {  // one warp: Q/32 consecutive values per lane, then a scan of the lane totals
+        constexpr int V = Q / 32;
+        const int lane = threadIdx.x;
+        float v[V], run = 0.f;
+#pragma unroll
+        for (int i = 0; i < V; ++i) v[i] = (run += s_dt[lane * V + i] * A);
+        float total = run;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const float n = __shfl_up_sync(0xffffffffu, total, off);
+            if (lane >= off) total += n;
+        }
+#pragma unroll
+        for (int i = 0; i < V; ++i) s_cum[lane * V + i] = v[i] + (total - run);
+    }
+    __syncthreads();
+}
+
+// rows [0, Q) x width of a [seq, ..., width]-strided tensor into shared memory as T (0 past the sequence)
+template <typename T>
+__device__ void load_rows(const ep_in& src, T* dst, int Q, int width, int valid, int64_t row0, int64_t row_stride) {
+    for (int i = threadIdx.x; i < Q * width; i += blockDim.x) {
+        const int t = i / width, q = i - t * width;
+        dst[i] = t < valid ? static_cast<const T*>(src.data)[row0 + t * row_stride + q] : to_t<T>(0.f);
+    }
+}
+
+// Pass 1: S_c = (x * w)^T B per (chunk, head), w_t = exp(s_end - s_t) dt_t; and the chunk's decay exp(s_end).
+template <typename T, int Q>
+__global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, float* S, float* decay, int nchunks) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int P = p.headdim, N = p.dstate, H = p.nheads;
+    const ChunkIdx k = chunk_idx(p, Q);
+    float* s_dt = reinterpret_cast<float*>(smem);
+    float* s_cum = s_dt + Q;
+    T* s_x = reinterpret_cast<T*>(s_cum + Q);  // [Q, P], scaled by w
+    T* s_B = s_x + Q * P;                      // [Q, N]
+    chunk_decay<Q>(p, k, s_dt, s_cum);
+    const float end = s_cum[Q - 1];
+    const T* x = static_cast<const T*>(p.x.data);
+    for (int i = threadIdx.x; i < Q * P; i += blockDim.x) {
+        const int t = i / P, q = i - t * P;
+        float v = 0.f;
+        if (t < k.valid) v = static_cast<float>(x[((k.b * p.seqlen + k.t0 + t) * H + k.h) * P + q]) *
+                             (expf(end - s_cum[t]) * s_dt[t]);
+        s_x[i] = to_t<T>(v);
+    }
+    load_rows(p.B, s_B, Q, N, k.valid, ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N,
+              static_cast<int64_t>(p.ngroups) * N);
+    __syncthreads();
+    const int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    const int ntiles = (P / 16) * (N / 16);
+    float* out = S + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int pt = tile / (N / 16), nt = tile % (N / 16);
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.f);
+        for (int t = 0; t < Q; t += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> a;  // (p, t) = s_x[t * P + p]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;  // (t, n) = s_B[t * N + n]
+            wmma::load_matrix_sync(a, s_x + t * P + pt * 16, P);
+            wmma::load_matrix_sync(b, s_B + t * N + nt * 16, N);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(out + pt * 16 * N + nt * 16, acc, N, wmma::mem_row_major);
+    }
+    if (threadIdx.x == 0) decay[(k.b * nchunks + k.c) * H + k.h] = expf(end);
+}
+
+// Pass 2: S_c becomes the state entering chunk c (in place); the state after the last chunk is final_state.
+__global__ void ssd_pass_kernel(ep_ssd_params p, float* S, const float* decay, int nchunks) {
+    const int64_t PN = static_cast<int64_t>(p.headdim) * p.dstate;
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= p.batch * p.nheads * PN) return;
+    const int64_t e = i % PN, bh = i / PN, h = bh % p.nheads, b = bh / p.nheads;
+    float run = ld_or(p.initial_state, i, 0.f);  // [batch, nheads, headdim, dstate]
+    for (int c = 0; c < nchunks; ++c) {
+        const int64_t j = ((b * nchunks + c) * p.nheads + h) * PN + e;
+        const float s = S[j];
+        S[j] = run;
+        run = decay[(b * nchunks + c) * p.nheads + h] * run + s;
+    }
+    st(p.final_state.data, p.final_state.dtype, i, run);
+}
+
+// Pass 3: y for one (chunk, head); warp w owns rows [16w, 16w + 16) of the chunk. PT = headdim / 16.
+template <typename T, int Q, int PT>
+__global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, const float* S, int nchunks) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int P = PT * 16;
+    const int N = p.dstate, H = p.nheads;
+    const ChunkIdx k = chunk_idx(p, Q);
+    float* s_dt = reinterpret_cast<float*>(smem);
+    float* s_cum = s_dt + Q;
+    T* s_C = reinterpret_cast<T*>(s_cum + Q);  // [Q, N]
+    T* s_B = s_C + Q * N;                      // [Q, N]
+    T* s_x = s_B + Q * N;                      // [Q, P]
+    T* s_H = s_x + Q * P;                      // [P, N]: the entering state
+    float* scratch = reinterpret_cast<float*>(s_H + P * N);  // per warp: 16x16 float + 16x16 T
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* w_f = scratch + warp * (256 + 128);
+    T* w_t = reinterpret_cast<T*>(w_f + 256);
+
+    chunk_decay<Q>(p, k, s_dt, s_cum);
+    const int64_t bc_row0 = ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N, bc_stride = static_cast<int64_t>(p.ngroups) * N;
+    load_rows(p.C, s_C, Q, N, k.valid, bc_row0, bc_stride);
+    load_rows(p.B, s_B, Q, N, k.valid, bc_row0, bc_stride);
+    load_rows(p.x, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
+    const float* Hc = S + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;
+    for (int i = threadIdx.x; i < P * N; i += blockDim.x) s_H[i] = to_t<T>(Hc[i]);
+    __syncthreads();
+
+    const int r0 = warp * 16;
+    if (r0 >= k.valid) return;  // warp-uniform; no block barrier follows
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[PT];
+    // inter-chunk term: (C H^T) scaled per row by exp(s_t)
+#pragma unroll
+    for (int pt = 0; pt < PT; ++pt) {
+        wmma::fill_fragment(acc[pt], 0.f);
+        for (int n = 0; n < N; n += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * N + n]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, p) = s_H[p * N + n]
+            wmma::load_matrix_sync(a, s_C + r0 * N + n, N);
+            wmma::load_matrix_sync(b, s_H + pt * 16 * N + n, N);
+            wmma::mma_sync(acc[pt], a, b, acc[pt]);
+        }
+        wmma::store_matrix_sync(w_f, acc[pt], 16, wmma::mem_row_major);
+        __syncwarp();
+        for (int i = lane; i < 256; i += 32) w_f[i] *= expf(s_cum[r0 + i / 16]);
+        __syncwarp();
+        wmma::load_matrix_sync(acc[pt], w_f, 16, wmma::mem_row_major);
+        __syncwarp();
+    }
+    // intra-chunk term, column tiles up to the diagonal: M = (C B^T) * exp(s_t - s_j) * dt_j (j <= t), y += M x
+    for (int j0 = 0; j0 <= r0; j0 += 16) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> g;
+        wmma::fill_fragment(g, 0.f);
+        for (int n = 0; n < N; n += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * N + n]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, j) = s_B[j * N + n]
+            wmma::load_matrix_sync(a, s_C + r0 * N + n, N);
+            wmma::load_matrix_sync(b, s_B + j0 * N + n, N);
+            wmma::mma_sync(g, a, b, g);
+        }
+        wmma::store_matrix_sync(w_f, g, 16, wmma::mem_row_major);
+        __syncwarp();
+        for (int i = lane; i < 256; i += 32) {
+            const int t = r0 + i / 16, j = j0 + i % 16;
+            w_t[i] = to_t<T>(j <= t ? w_f[i] * expf(s_cum[t] - s_cum[j]) * s_dt[j] : 0.f);
+        }
+        __syncwarp();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> m;
+        wmma::load_matrix_sync(m, w_t, 16);
+#pragma unroll
+        for (int pt = 0; pt < PT; ++pt) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> xb;  // (j, p) = s_x[j * P + p]
+            wmma::load_matrix_sync(xb, s_x + j0 * P + pt * 16, P);
+            wmma::mma_sync(acc[pt], m, xb, acc[pt]);
+        }
+        __syncwarp();
+    }
+    // epilogue: + D x, gate by silu(z), store
+    const float Dh = ld_or(p.D, k.h, 0.f);
+#pragma unroll
+    for (int pt = 0; pt < PT; ++pt) {
+        wmma::store_matrix_sync(w_f, acc[pt], 16, wmma::mem_row_major);
+        __syncwarp();
+        for (int i = lane; i < 256; i += 32) {
+            const int r = i / 16, q = pt * 16 + i % 16, t = r0 + r;
+            if (t >= k.valid) continue;
+            float y = w_f[i] + Dh * static_cast<float>(s_x[t * P + q]);
+            const int64_t gi = ((k.b * p.seqlen + k.t0 + t) * H + k.h) * P + q;
+            if (p.z.data) y *= silu(ld(p.z.data, p.z.dtype, gi));
+            st(p.y.data, p.y.dtype, gi, y);
+        }
+        __syncwarp();
+    }
+}
+
+struct Layout {
+    int Q = 0;  // 0: the chunked form does not apply
+    size_t states_smem = 0, output_smem = 0;
+};
+
+int max_smem_optin() {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
+    return v;
+}
+
+int compute_major() {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    return v;
+}
+
+Layout layout_of(const ep_ssd_params& p) {
+    Layout l;
+    const int P = p.headdim, N = p.dstate;
+    const bool types = (p.x.dtype == EP_F16 || p.x.dtype == EP_BF16) && p.B.dtype == p.x.dtype && p.C.dtype == p.x.dtype;
+    if (!types || (P != 32 && P != 64 && P != 128) || N % 16 != 0 || N > 256 || compute_major() < 8) return l;
+    const int optin = max_smem_optin();
+    for (int Q : {128, 64}) {  // longer chunks pass fewer states between passes
+        const size_t out = 2 * Q * 4 + (2 * Q * N + Q * P + P * N) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
+        if (out <= static_cast<size_t>(optin)) {
+            l.Q = Q;
+            l.output_smem = out;
+            l.states_smem = 2 * Q * 4 + (Q * P + Q * N) * 2;
+            return l;
+        }
+    }
+    return l;
+}
+
+template <typename K>
+int set_smem(K kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return 0;
+    return static_cast<int>(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+template <typename T, int Q, int PT>
+int launch(const ep_ssd_params& p, const Layout& l, float* S, float* decay, int nchunks, cudaStream_t s) {
+    const dim3 grid(nchunks, p.nheads, p.batch);
+    if (int e = set_smem(ssd_states_kernel<T, Q>, l.states_smem)) return e;
+    if (int e = set_smem(ssd_output_kernel<T, Q, PT>, l.output_smem)) return e;
+    ssd_states_kernel<T, Q><<<grid, Q * 2, l.states_smem, s>>>(p, S, decay, nchunks);
+    if (int e = launch_status()) return e;
+    const int64_t n = static_cast<int64_t>(p.batch) * p.nheads * p.headdim * p.dstate;
+    ssd_pass_kernel<<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, s>>>(p, S, decay, nchunks);
+    if (int e = launch_status()) return e;
+    ssd_output_kernel<T, Q, PT><<<grid, Q * 2, l.output_smem, s>>>(p, S, nchunks);
+    return launch_status();
+}
+
+template <typename T, int Q>
+int launch_p(const ep_ssd_params& p, const Layout& l, float* S, float* decay, int nchunks, cudaStream_t s) {
+    switch (p.headdim) {
+        case 32: return launch<T, Q, 2>(p, l, S, decay, nchunks, s);
+        case 64: return launch<T, Q, 4>(p, l, S, decay, nchunks, s);
+        default: return launch<T, Q, 8>(p, l, S, decay, nchunks, s);
+    }
+}
+
+template <typename T>
+int launch_t(const ep_ssd_params& p, const Layout& l, float* S, float* decay, int nchunks, cudaStream_t s) {
+    return l.Q == 128 ? launch_p<T, 128>(p, l, S, decay, nchunks, s) : launch_p<T, 64>(p, l, S, decay, nchunks, s);
+}
+
+}  // namespace
+
+bool ssd_chunked_applies(const ep_ssd_params& p) { return layout_of(p).Q > 0; }
+
+size_t ssd_chunked_workspace(const ep_ssd_params& p) {
+    const Layout l = layout_of(p);
+    if (l.Q == 0 || p.seqlen <= 0) return 0;
+    const int64_t chunks = ceil_div(p.seqlen, l.Q), heads = static_cast<int64_t>(p.batch) * chunks * p.nheads;
+    const size_t states = static_cast<size_t>(heads) * p.headdim * p.dstate * sizeof(float);
+    return ((states + 255) / 256) * 256 + static_cast<size_t>(heads) * sizeof(float);
+}
+
+int ssd_chunked(const ep_ssd_params& p, void* workspace, cudaStream_t stream) {
+    const Layout l = layout_of(p);
+    if (l.Q == 0) return EP_ERR_UNSUPPORTED;
+    if (p.seqlen == 0) return EP_OK;
+    const int nchunks = static_cast<int>(ceil_div(p.seqlen, l.Q));
+    float* S = static_cast<float*>(workspace);
+    const size_t states = static_cast<size_t>(p.batch) * nchunks * p.nheads * p.headdim * p.dstate * sizeof(float);
+    float* decay = reinterpret_cast<float*>(static_cast<char*>(workspace) + ((states + 255) / 256) * 256);
+    if (p.x.dtype == EP_F16) return launch_t<__half>(p, l, S, decay, nchunks, stream);
+    return launch_t<__nv_bfloat16>(p, l, S, decay, nchunks, stream);
+}
+
+}  // namespace ep
