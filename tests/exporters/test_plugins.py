@@ -194,7 +194,10 @@ def test_ssd_chunk_scan(cuda_impl, dtype, shape, full):
     ey, ehT = _ref("ssd_chunk_scan", x, dt, A, B, C, 64, **kw)
     assert y.dtype == dtype and hT.dtype == torch.float32 and hT.shape == (bt, h, p, n)
     _close(y, ey, dtype)
-    _close(hT, ehT, dtype, state=True)
+    # the tensor-core form rounds the state's contributions to the inputs' dtype (as mamba_ssm's kernels do);
+    # the recurrence keeps float32 states
+    tensor_cores = dtype != torch.float32 and p in (32, 64, 128) and n % 16 == 0
+    _close(hT, ehT, dtype, state=not tensor_cores)
 
 
 @pytest.mark.gpu

@@ -166,10 +166,14 @@ ChunkPlan plan(const ep_ssd_params& p, const SsdShape& sh) {
 // whichever runs.
 extern "C" size_t edgeports_ssd_chunk_scan_workspace(const ep_ssd_params* p) {
     if (!p || p->batch <= 0 || p->nheads <= 0 || p->headdim <= 0 || p->dstate <= 0 || p->seqlen <= 0) return 0;
-    if (p->ngroups > 0 && p->nheads % p->ngroups == 0 && ep::ssd_chunked_applies(*p)) return ep::ssd_chunked_workspace(*p);
     const ep::SsdShape sh = ep::shape_of(*p);
-    return ep::chunk_workspace_bytes(ep::plan(*p, sh), static_cast<int64_t>(p->batch) * p->nheads,
-                                     static_cast<int64_t>(p->headdim) * p->dstate);
+    const size_t recurrence = ep::chunk_workspace_bytes(ep::plan(*p, sh), static_cast<int64_t>(p->batch) * p->nheads,
+                                                        static_cast<int64_t>(p->headdim) * p->dstate);
+    // a query without data (a plugin sizing from its max shapes) cannot tell whether the run's pointers will
+    // be aligned for the chunked form, so it covers both
+    if (p->ngroups > 0 && p->nheads % p->ngroups == 0 && ep::ssd_chunked_applies(*p))
+        return std::max(recurrence, ep::ssd_chunked_workspace(*p));
+    return recurrence;
 }
 
 extern "C" int edgeports_ssd_chunk_scan(const ep_ssd_params* p, void* workspace, size_t workspace_bytes, void* stream) {

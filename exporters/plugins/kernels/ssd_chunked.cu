@@ -8,7 +8,8 @@
 //               (then y *= silu(z)), both terms on tensor cores
 // with dt after bias / softplus / clamp and s_t the inclusive cumulative sum of dt * A within the chunk.
 // Decays, dt and accumulation stay in float32; the operands of the products are the inputs' 16-bit type
-// (the states H_c and the masked decay matrix are rounded to it, as mamba_ssm's Triton kernels do).
+// (x scaled by its decay weight, the states H_c and the masked decay matrix are rounded to it, as mamba_ssm's
+// Triton kernels do), so y and the final state carry the inputs' precision, not float32's.
 // Requirements: sm_80+, x/B/C of one 16-bit dtype, headdim in {32, 64, 128}, dstate a multiple of 16 up to
 // 256; otherwise ssd_chunk_scan.cu runs the recurrence.
 #include <mma.h>
@@ -78,12 +79,16 @@ __device__ void chunk_decay(const ep_ssd_params& p, const ChunkIdx& k, float* s_
     __syncthreads();
 }
 
-// rows [0, Q) x width of a [seq, ..., width]-strided tensor into shared memory as T (0 past the sequence)
+// Rows [0, Q) x width of a [seq, ..., width]-strided 16-bit tensor into shared memory (0 past the sequence),
+// 16 bytes per load: width, row0 and row_stride are multiples of 8 and the data 16-byte aligned (layout_of).
 template <typename T>
-__device__ void load_rows(const ep_in& src, T* dst, int Q, int width, int valid, int64_t row0, int64_t row_stride) {
-    for (int i = threadIdx.x; i < Q * width; i += blockDim.x) {
-        const int t = i / width, q = i - t * width;
-        dst[i] = t < valid ? static_cast<const T*>(src.data)[row0 + t * row_stride + q] : to_t<T>(0.f);
+__device__ void load_rows(const void* src, T* dst, int Q, int width, int valid, int64_t row0, int64_t row_stride) {
+    const int vecs = width / 8;
+    const T* base = static_cast<const T*>(src) + row0;
+    for (int i = threadIdx.x; i < Q * vecs; i += blockDim.x) {
+        const int t = i / vecs, v = i - t * vecs;
+        const uint4 val = t < valid ? *reinterpret_cast<const uint4*>(base + t * row_stride + v * 8) : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dst + t * width + v * 8) = val;
     }
 }
 
@@ -99,16 +104,12 @@ __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, floa
     T* s_B = s_x + Q * P;                      // [Q, N]
     chunk_decay<Q>(p, k, s_dt, s_cum);
     const float end = s_cum[Q - 1];
-    const T* x = static_cast<const T*>(p.x.data);
-    for (int i = threadIdx.x; i < Q * P; i += blockDim.x) {
-        const int t = i / P, q = i - t * P;
-        float v = 0.f;
-        if (t < k.valid) v = static_cast<float>(x[((k.b * p.seqlen + k.t0 + t) * H + k.h) * P + q]) *
-                             (expf(end - s_cum[t]) * s_dt[t]);
-        s_x[i] = to_t<T>(v);
-    }
-    load_rows(p.B, s_B, Q, N, k.valid, ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N,
+    load_rows(p.x.data, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
+    load_rows(p.B.data, s_B, Q, N, k.valid, ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N,
               static_cast<int64_t>(p.ngroups) * N);
+    for (int t = threadIdx.x; t < Q; t += blockDim.x) s_dt[t] *= expf(end - s_cum[t]);  // now w_t
+    __syncthreads();
+    for (int i = threadIdx.x; i < Q * P; i += blockDim.x) s_x[i] = to_t<T>(static_cast<float>(s_x[i]) * s_dt[i / P]);
     __syncthreads();
     const int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
     const int ntiles = (P / 16) * (N / 16);
@@ -129,8 +130,10 @@ __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, floa
     if (threadIdx.x == 0) decay[(k.b * nchunks + k.c) * H + k.h] = expf(end);
 }
 
-// Pass 2: S_c becomes the state entering chunk c (in place); the state after the last chunk is final_state.
-__global__ void ssd_pass_kernel(ep_ssd_params p, float* S, const float* decay, int nchunks) {
+// Pass 2: Ht[c] = the state entering chunk c, in T (pass 3's operand); the state after the last chunk is
+// final_state (float32).
+template <typename T>
+__global__ void ssd_pass_kernel(ep_ssd_params p, const float* S, const float* decay, T* Ht, int nchunks) {
     const int64_t PN = static_cast<int64_t>(p.headdim) * p.dstate;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= p.batch * p.nheads * PN) return;
@@ -138,16 +141,15 @@ __global__ void ssd_pass_kernel(ep_ssd_params p, float* S, const float* decay, i
     float run = ld_or(p.initial_state, i, 0.f);  // [batch, nheads, headdim, dstate]
     for (int c = 0; c < nchunks; ++c) {
         const int64_t j = ((b * nchunks + c) * p.nheads + h) * PN + e;
-        const float s = S[j];
-        S[j] = run;
-        run = decay[(b * nchunks + c) * p.nheads + h] * run + s;
+        Ht[j] = to_t<T>(run);
+        run = decay[(b * nchunks + c) * p.nheads + h] * run + S[j];
     }
     st(p.final_state.data, p.final_state.dtype, i, run);
 }
 
 // Pass 3: y for one (chunk, head); warp w owns rows [16w, 16w + 16) of the chunk. PT = headdim / 16.
 template <typename T, int Q, int PT>
-__global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, const float* S, int nchunks) {
+__global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, const T* Ht, int nchunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int P = PT * 16;
     const int N = p.dstate, H = p.nheads;
@@ -157,19 +159,17 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
     T* s_C = reinterpret_cast<T*>(s_cum + Q);  // [Q, N]
     T* s_B = s_C + Q * N;                      // [Q, N]
     T* s_x = s_B + Q * N;                      // [Q, P]
-    T* s_H = s_x + Q * P;                      // [P, N]: the entering state
-    float* scratch = reinterpret_cast<float*>(s_H + P * N);  // per warp: 16x16 float + 16x16 T
+    float* scratch = reinterpret_cast<float*>(s_x + Q * P);  // per warp: 16x16 float + 16x16 T
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* w_f = scratch + warp * (256 + 128);
     T* w_t = reinterpret_cast<T*>(w_f + 256);
 
     chunk_decay<Q>(p, k, s_dt, s_cum);
     const int64_t bc_row0 = ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N, bc_stride = static_cast<int64_t>(p.ngroups) * N;
-    load_rows(p.C, s_C, Q, N, k.valid, bc_row0, bc_stride);
-    load_rows(p.B, s_B, Q, N, k.valid, bc_row0, bc_stride);
-    load_rows(p.x, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
-    const float* Hc = S + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;
-    for (int i = threadIdx.x; i < P * N; i += blockDim.x) s_H[i] = to_t<T>(Hc[i]);
+    load_rows(p.C.data, s_C, Q, N, k.valid, bc_row0, bc_stride);
+    load_rows(p.B.data, s_B, Q, N, k.valid, bc_row0, bc_stride);
+    load_rows(p.x.data, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
+    const T* Hc = Ht + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;  // [P, N]
     __syncthreads();
 
     const int r0 = warp * 16;
@@ -181,9 +181,9 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
         wmma::fill_fragment(acc[pt], 0.f);
         for (int n = 0; n < N; n += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * N + n]
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, p) = s_H[p * N + n]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, p) = Hc[p * N + n]
             wmma::load_matrix_sync(a, s_C + r0 * N + n, N);
-            wmma::load_matrix_sync(b, s_H + pt * 16 * N + n, N);
+            wmma::load_matrix_sync(b, Hc + pt * 16 * N + n, N);
             wmma::mma_sync(acc[pt], a, b, acc[pt]);
         }
         wmma::store_matrix_sync(w_f, acc[pt], 16, wmma::mem_row_major);
@@ -262,10 +262,13 @@ Layout layout_of(const ep_ssd_params& p) {
     Layout l;
     const int P = p.headdim, N = p.dstate;
     const bool types = (p.x.dtype == EP_F16 || p.x.dtype == EP_BF16) && p.B.dtype == p.x.dtype && p.C.dtype == p.x.dtype;
-    if (!types || (P != 32 && P != 64 && P != 128) || N % 16 != 0 || N > 256 || compute_major() < 8) return l;
+    // 16-byte row loads; a NULL pointer (a workspace query) counts as aligned
+    const bool aligned = ((reinterpret_cast<uintptr_t>(p.x.data) | reinterpret_cast<uintptr_t>(p.B.data) |
+                           reinterpret_cast<uintptr_t>(p.C.data)) & 15u) == 0;
+    if (!types || !aligned || (P != 32 && P != 64 && P != 128) || N % 16 != 0 || N > 256 || compute_major() < 8) return l;
     const int optin = max_smem_optin();
     for (int Q : {128, 64}) {  // longer chunks pass fewer states between passes
-        const size_t out = 2 * Q * 4 + (2 * Q * N + Q * P + P * N) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
+        const size_t out = 2 * Q * 4 + (2 * Q * N + Q * P) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
         if (out <= static_cast<size_t>(optin)) {
             l.Q = Q;
             l.output_smem = out;
@@ -283,43 +286,56 @@ int set_smem(K kernel, size_t bytes) {
 }
 
 template <typename T, int Q, int PT>
-int launch(const ep_ssd_params& p, const Layout& l, float* S, float* decay, int nchunks, cudaStream_t s) {
+int launch(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht_raw, int nchunks, cudaStream_t s) {
+    T* Ht = static_cast<T*>(Ht_raw);
     const dim3 grid(nchunks, p.nheads, p.batch);
     if (int e = set_smem(ssd_states_kernel<T, Q>, l.states_smem)) return e;
     if (int e = set_smem(ssd_output_kernel<T, Q, PT>, l.output_smem)) return e;
     ssd_states_kernel<T, Q><<<grid, Q * 2, l.states_smem, s>>>(p, S, decay, nchunks);
     if (int e = launch_status()) return e;
     const int64_t n = static_cast<int64_t>(p.batch) * p.nheads * p.headdim * p.dstate;
-    ssd_pass_kernel<<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, s>>>(p, S, decay, nchunks);
+    ssd_pass_kernel<T><<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, s>>>(p, S, decay, Ht, nchunks);
     if (int e = launch_status()) return e;
-    ssd_output_kernel<T, Q, PT><<<grid, Q * 2, l.output_smem, s>>>(p, S, nchunks);
+    ssd_output_kernel<T, Q, PT><<<grid, Q * 2, l.output_smem, s>>>(p, Ht, nchunks);
     return launch_status();
 }
 
 template <typename T, int Q>
-int launch_p(const ep_ssd_params& p, const Layout& l, float* S, float* decay, int nchunks, cudaStream_t s) {
+int launch_p(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht, int nchunks, cudaStream_t s) {
     switch (p.headdim) {
-        case 32: return launch<T, Q, 2>(p, l, S, decay, nchunks, s);
-        case 64: return launch<T, Q, 4>(p, l, S, decay, nchunks, s);
-        default: return launch<T, Q, 8>(p, l, S, decay, nchunks, s);
+        case 32: return launch<T, Q, 2>(p, l, S, decay, Ht, nchunks, s);
+        case 64: return launch<T, Q, 4>(p, l, S, decay, Ht, nchunks, s);
+        default: return launch<T, Q, 8>(p, l, S, decay, Ht, nchunks, s);
     }
 }
 
 template <typename T>
-int launch_t(const ep_ssd_params& p, const Layout& l, float* S, float* decay, int nchunks, cudaStream_t s) {
-    return l.Q == 128 ? launch_p<T, 128>(p, l, S, decay, nchunks, s) : launch_p<T, 64>(p, l, S, decay, nchunks, s);
+int launch_t(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht, int nchunks, cudaStream_t s) {
+    return l.Q == 128 ? launch_p<T, 128>(p, l, S, decay, Ht, nchunks, s) : launch_p<T, 64>(p, l, S, decay, Ht, nchunks, s);
 }
 
 }  // namespace
 
 bool ssd_chunked_applies(const ep_ssd_params& p) { return layout_of(p).Q > 0; }
 
+namespace {
+struct Workspace {
+    size_t states, entering, decay;  // bytes of S (float32), Ht (16-bit), decay (float32), each 256-aligned
+};
+
+Workspace workspace_of(const ep_ssd_params& p, int Q) {
+    const int64_t chunks = ceil_div(p.seqlen, Q), heads = static_cast<int64_t>(p.batch) * chunks * p.nheads;
+    const size_t elems = static_cast<size_t>(heads) * p.headdim * p.dstate;
+    auto round = [](size_t v) { return ((v + 255) / 256) * 256; };
+    return {round(elems * sizeof(float)), round(elems * 2), round(static_cast<size_t>(heads) * sizeof(float))};
+}
+}  // namespace
+
 size_t ssd_chunked_workspace(const ep_ssd_params& p) {
     const Layout l = layout_of(p);
     if (l.Q == 0 || p.seqlen <= 0) return 0;
-    const int64_t chunks = ceil_div(p.seqlen, l.Q), heads = static_cast<int64_t>(p.batch) * chunks * p.nheads;
-    const size_t states = static_cast<size_t>(heads) * p.headdim * p.dstate * sizeof(float);
-    return ((states + 255) / 256) * 256 + static_cast<size_t>(heads) * sizeof(float);
+    const Workspace w = workspace_of(p, l.Q);
+    return w.states + w.entering + w.decay;
 }
 
 int ssd_chunked(const ep_ssd_params& p, void* workspace, cudaStream_t stream) {
@@ -327,11 +343,13 @@ int ssd_chunked(const ep_ssd_params& p, void* workspace, cudaStream_t stream) {
     if (l.Q == 0) return EP_ERR_UNSUPPORTED;
     if (p.seqlen == 0) return EP_OK;
     const int nchunks = static_cast<int>(ceil_div(p.seqlen, l.Q));
-    float* S = static_cast<float*>(workspace);
-    const size_t states = static_cast<size_t>(p.batch) * nchunks * p.nheads * p.headdim * p.dstate * sizeof(float);
-    float* decay = reinterpret_cast<float*>(static_cast<char*>(workspace) + ((states + 255) / 256) * 256);
-    if (p.x.dtype == EP_F16) return launch_t<__half>(p, l, S, decay, nchunks, stream);
-    return launch_t<__nv_bfloat16>(p, l, S, decay, nchunks, stream);
+    const Workspace w = workspace_of(p, l.Q);
+    char* base = static_cast<char*>(workspace);
+    float* S = reinterpret_cast<float*>(base);
+    void* Ht = base + w.states;
+    float* decay = reinterpret_cast<float*>(base + w.states + w.entering);
+    if (p.x.dtype == EP_F16) return launch_t<__half>(p, l, S, decay, Ht, nchunks, stream);
+    return launch_t<__nv_bfloat16>(p, l, S, decay, Ht, nchunks, stream);
 }
 
 }  // namespace ep
