@@ -270,7 +270,7 @@ def test_custom_lowering_on_cuda_runs_like_eager(tmp_path, ort_ops_cuda, name, d
     g = torch.Generator().manual_seed(5)
     rel = lambda a, b: float((a.float() - b.float()).abs().max() / b.float().abs().max())
     for length in (500, 1):  # long enough for the chunked scans
-        ids = torch.randint(0, art.spec.config["vocab_size"], (1, length), generator=g)
+        ids = torch.randint(0, art.spec.config["vocab_size"], (1, length), generator=g).cuda()
         errs = [rel(runner.prefill(ids, max_len=600), ref.prefill(ids, max_len=600))]
         errs += [rel(runner.decode(1), ref.decode(1)) for _ in range(4)]
         assert max(errs) < tol, errs

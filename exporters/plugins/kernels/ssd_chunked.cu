@@ -12,6 +12,7 @@
 // Triton kernels do), so y and the final state carry the inputs' precision, not float32's.
 // Requirements: sm_80+, x/B/C of one 16-bit dtype, headdim in {32, 64, 128}, dstate a multiple of 16 up to
 // 256; otherwise ssd_chunk_scan.cu runs the recurrence.
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include <algorithm>
@@ -80,16 +81,24 @@ __device__ void chunk_decay(const ep_ssd_params& p, const ChunkIdx& k, float* s_
 }
 
 // Rows [0, Q) x width of a [seq, ..., width]-strided 16-bit tensor into shared memory (0 past the sequence),
-// 16 bytes per load: width, row0 and row_stride are multiples of 8 and the data 16-byte aligned (layout_of).
+// as asynchronous 16-byte copies (cp.async) that overlap the caller's work until wait_rows(): width, row0 and
+// row_stride are multiples of 8 and the data 16-byte aligned (layout_of).
 template <typename T>
 __device__ void load_rows(const void* src, T* dst, int Q, int width, int valid, int64_t row0, int64_t row_stride) {
     const int vecs = width / 8;
     const T* base = static_cast<const T*>(src) + row0;
     for (int i = threadIdx.x; i < Q * vecs; i += blockDim.x) {
         const int t = i / vecs, v = i - t * vecs;
-        const uint4 val = t < valid ? *reinterpret_cast<const uint4*>(base + t * row_stride + v * 8) : make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(dst + t * width + v * 8) = val;
+        T* to = dst + t * width + v * 8;
+        if (t < valid) __pipeline_memcpy_async(to, base + t * row_stride + v * 8, 16);
+        else *reinterpret_cast<uint4*>(to) = make_uint4(0, 0, 0, 0);
     }
+}
+
+// Waits for this thread's load_rows copies; a __syncthreads() must follow before other threads' rows are read.
+__device__ __forceinline__ void wait_rows() {
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
 }
 
 // Pass 1: S_c = (x * w)^T B per (chunk, head), w_t = exp(s_end - s_t) dt_t; and the chunk's decay exp(s_end).
@@ -102,12 +111,13 @@ __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, floa
     float* s_cum = s_dt + Q;
     T* s_x = reinterpret_cast<T*>(s_cum + Q);  // [Q, P], scaled by w
     T* s_B = s_x + Q * P;                      // [Q, N]
-    chunk_decay<Q>(p, k, s_dt, s_cum);
-    const float end = s_cum[Q - 1];
     load_rows(p.x.data, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
     load_rows(p.B.data, s_B, Q, N, k.valid, ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N,
               static_cast<int64_t>(p.ngroups) * N);
+    chunk_decay<Q>(p, k, s_dt, s_cum);  // while the rows arrive
+    const float end = s_cum[Q - 1];
     for (int t = threadIdx.x; t < Q; t += blockDim.x) s_dt[t] *= expf(end - s_cum[t]);  // now w_t
+    wait_rows();
     __syncthreads();
     for (int i = threadIdx.x; i < Q * P; i += blockDim.x) s_x[i] = to_t<T>(static_cast<float>(s_x[i]) * s_dt[i / P]);
     __syncthreads();
@@ -164,12 +174,13 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
     float* w_f = scratch + warp * (256 + 128);
     T* w_t = reinterpret_cast<T*>(w_f + 256);
 
-    chunk_decay<Q>(p, k, s_dt, s_cum);
     const int64_t bc_row0 = ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N, bc_stride = static_cast<int64_t>(p.ngroups) * N;
     load_rows(p.C.data, s_C, Q, N, k.valid, bc_row0, bc_stride);
     load_rows(p.B.data, s_B, Q, N, k.valid, bc_row0, bc_stride);
     load_rows(p.x.data, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
+    chunk_decay<Q>(p, k, s_dt, s_cum);  // while the rows arrive
     const T* Hc = Ht + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;  // [P, N]
+    wait_rows();
     __syncthreads();
 
     const int r0 = warp * 16;
