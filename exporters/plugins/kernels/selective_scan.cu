@@ -7,7 +7,6 @@ namespace {
 
 constexpr int kThreads = 64;  // channels per block
 constexpr int kTile = 32;     // time steps per shared-memory tile
-__device__ const ep_in kAbsent = {nullptr, 0};  // a tensor a pass does not read (loads as 0)
 
 // grid: (channel blocks, chunks, batch). FINAL=false is pass 1 (end states of chunks 0..nc-2);
 // FINAL=true rescans every chunk from its true entering state and writes y (and the final state).
@@ -56,30 +55,16 @@ __global__ void __launch_bounds__(kThreads) selective_scan_kernel(ep_selective_s
             const int r = i / kTile, tt = i % kTile;
             return (d0 + r < p.dim && tt < tl) ? (b * p.dim + d0 + r) * L + t0 + tt : -1;
         };
-        // all of a tile's loads in flight together (one latency round per tile, not one per tensor)
-        if (FINAL) {  // s_z is a full tile only in the final pass
-            const ep_in* rows[] = {&p.u, &p.delta, has_z ? &p.z : &kAbsent};
-            load_tiles(rows, kThreads * kTile, row_g, [&](int j, int i, float v) {
-                (j == 0 ? s_u : j == 1 ? s_dt : s_z)[i / kTile][i % kTile] = v;
-            });
-        } else {
-            const ep_in* rows[] = {&p.u, &p.delta};
-            load_tiles(rows, kThreads * kTile, row_g, [&](int j, int i, float v) {
-                (j == 0 ? s_u : s_dt)[i / kTile][i % kTile] = v;
-            });
-        }
+        load_tile(p.u, kThreads * kTile, row_g, [&](int i, float v) { s_u[i / kTile][i % kTile] = v; });
+        load_tile(p.delta, kThreads * kTile, row_g, [&](int i, float v) { s_dt[i / kTile][i % kTile] = v; });
+        if (has_z) load_tile(p.z, kThreads * kTile, row_g, [&](int i, float v) { s_z[i / kTile][i % kTile] = v; });
         // [state, time] tiles of B and C, shared by all channels of the batch row
         auto bc_g = [&](int i) -> int64_t {
             const int n = i / kTile, tt = i % kTile;
             return (n < N && tt < tl) ? (b * N + n) * L + t0 + tt : -1;
         };
-        if (FINAL) {
-            const ep_in* bc[] = {&p.B, &p.C};
-            load_tiles(bc, NMAX * kTile, bc_g, [&](int j, int i, float v) { (j == 0 ? s_B : s_C)[i / kTile][i % kTile] = v; });
-        } else {
-            const ep_in* bc[] = {&p.B};
-            load_tiles(bc, NMAX * kTile, bc_g, [&](int, int i, float v) { s_B[i / kTile][i % kTile] = v; });
-        }
+        load_tile(p.B, NMAX * kTile, bc_g, [&](int i, float v) { s_B[i / kTile][i % kTile] = v; });
+        if (FINAL) load_tile(p.C, NMAX * kTile, bc_g, [&](int i, float v) { s_C[i / kTile][i % kTile] = v; });
         __syncthreads();
         for (int tt = 0; tt < tl; ++tt) {
             float dt = s_dt[tid][tt] + bias;

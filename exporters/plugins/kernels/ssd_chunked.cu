@@ -24,6 +24,10 @@ namespace {
 
 using namespace nvcuda;
 
+// Shared-memory rows are padded by 8 elements (16 bytes): rows of 64 or 128 16-bit values would otherwise start
+// on the same banks, and every 16x16 tensor-core tile load would serialise on them.
+constexpr int kPad = 8;
+
 template <typename T>
 __device__ __forceinline__ T to_t(float v);
 template <>
@@ -80,16 +84,18 @@ __device__ void chunk_decay(const ep_ssd_params& p, const ChunkIdx& k, float* s_
     __syncthreads();
 }
 
-// Rows [0, Q) x width of a [seq, ..., width]-strided 16-bit tensor into shared memory (0 past the sequence),
+// Rows [0, Q) x width of a [seq, ..., width]-strided 16-bit tensor into shared memory rows of `ld` elements
+// (0 past the sequence),
 // as asynchronous 16-byte copies (cp.async) that overlap the caller's work until wait_rows(): width, row0 and
 // row_stride are multiples of 8 and the data 16-byte aligned (layout_of).
 template <typename T>
-__device__ void load_rows(const void* src, T* dst, int Q, int width, int valid, int64_t row0, int64_t row_stride) {
+__device__ void load_rows(const void* src, T* dst, int ld, int Q, int width, int valid, int64_t row0,
+                          int64_t row_stride) {
     const int vecs = width / 8;
     const T* base = static_cast<const T*>(src) + row0;
     for (int i = threadIdx.x; i < Q * vecs; i += blockDim.x) {
         const int t = i / vecs, v = i - t * vecs;
-        T* to = dst + t * width + v * 8;
+        T* to = dst + t * ld + v * 8;
         if (t < valid) __pipeline_memcpy_async(to, base + t * row_stride + v * 8, 16);
         else *reinterpret_cast<uint4*>(to) = make_uint4(0, 0, 0, 0);
     }
@@ -109,17 +115,21 @@ __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, floa
     const ChunkIdx k = chunk_idx(p, Q);
     float* s_dt = reinterpret_cast<float*>(smem);
     float* s_cum = s_dt + Q;
-    T* s_x = reinterpret_cast<T*>(s_cum + Q);  // [Q, P], scaled by w
-    T* s_B = s_x + Q * P;                      // [Q, N]
-    load_rows(p.x.data, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
-    load_rows(p.B.data, s_B, Q, N, k.valid, ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N,
+    const int ldx = P + kPad, ldb = N + kPad;
+    T* s_x = reinterpret_cast<T*>(s_cum + Q);  // [Q, P (+pad)], scaled by w
+    T* s_B = s_x + Q * ldx;                    // [Q, N (+pad)]
+    load_rows(p.x.data, s_x, ldx, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
+    load_rows(p.B.data, s_B, ldb, Q, N, k.valid, ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N,
               static_cast<int64_t>(p.ngroups) * N);
     chunk_decay<Q>(p, k, s_dt, s_cum);  // while the rows arrive
     const float end = s_cum[Q - 1];
     for (int t = threadIdx.x; t < Q; t += blockDim.x) s_dt[t] *= expf(end - s_cum[t]);  // now w_t
     wait_rows();
     __syncthreads();
-    for (int i = threadIdx.x; i < Q * P; i += blockDim.x) s_x[i] = to_t<T>(static_cast<float>(s_x[i]) * s_dt[i / P]);
+    for (int i = threadIdx.x; i < Q * P; i += blockDim.x) {
+        T& v = s_x[(i / P) * ldx + i % P];
+        v = to_t<T>(static_cast<float>(v) * s_dt[i / P]);
+    }
     __syncthreads();
     const int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
     const int ntiles = (P / 16) * (N / 16);
@@ -129,10 +139,10 @@ __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, floa
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
         wmma::fill_fragment(acc, 0.f);
         for (int t = 0; t < Q; t += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> a;  // (p, t) = s_x[t * P + p]
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;  // (t, n) = s_B[t * N + n]
-            wmma::load_matrix_sync(a, s_x + t * P + pt * 16, P);
-            wmma::load_matrix_sync(b, s_B + t * N + nt * 16, N);
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> a;  // (p, t) = s_x[t * ldx + p]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;  // (t, n) = s_B[t * ldb + n]
+            wmma::load_matrix_sync(a, s_x + t * ldx + pt * 16, ldx);
+            wmma::load_matrix_sync(b, s_B + t * ldb + nt * 16, ldb);
             wmma::mma_sync(acc, a, b, acc);
         }
         wmma::store_matrix_sync(out + pt * 16 * N + nt * 16, acc, N, wmma::mem_row_major);
@@ -166,18 +176,20 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
     const ChunkIdx k = chunk_idx(p, Q);
     float* s_dt = reinterpret_cast<float*>(smem);
     float* s_cum = s_dt + Q;
-    T* s_C = reinterpret_cast<T*>(s_cum + Q);  // [Q, N]
-    T* s_B = s_C + Q * N;                      // [Q, N]
-    T* s_x = s_B + Q * N;                      // [Q, P]
-    float* scratch = reinterpret_cast<float*>(s_x + Q * P);  // per warp: 16x16 float + 16x16 T
+    const int ldb = N + kPad;
+    constexpr int ldx = P + kPad;
+    T* s_C = reinterpret_cast<T*>(s_cum + Q);  // [Q, N (+pad)]
+    T* s_B = s_C + Q * ldb;                    // [Q, N (+pad)]
+    T* s_x = s_B + Q * ldb;                    // [Q, P (+pad)]
+    float* scratch = reinterpret_cast<float*>(s_x + Q * ldx);  // per warp: 16x16 float + 16x16 T
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* w_f = scratch + warp * (256 + 128);
     T* w_t = reinterpret_cast<T*>(w_f + 256);
 
     const int64_t bc_row0 = ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N, bc_stride = static_cast<int64_t>(p.ngroups) * N;
-    load_rows(p.C.data, s_C, Q, N, k.valid, bc_row0, bc_stride);
-    load_rows(p.B.data, s_B, Q, N, k.valid, bc_row0, bc_stride);
-    load_rows(p.x.data, s_x, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
+    load_rows(p.C.data, s_C, ldb, Q, N, k.valid, bc_row0, bc_stride);
+    load_rows(p.B.data, s_B, ldb, Q, N, k.valid, bc_row0, bc_stride);
+    load_rows(p.x.data, s_x, ldx, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
     chunk_decay<Q>(p, k, s_dt, s_cum);  // while the rows arrive
     const T* Hc = Ht + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;  // [P, N]
     wait_rows();
@@ -191,9 +203,9 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
     for (int pt = 0; pt < PT; ++pt) {
         wmma::fill_fragment(acc[pt], 0.f);
         for (int n = 0; n < N; n += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * N + n]
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * ldb + n]
             wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, p) = Hc[p * N + n]
-            wmma::load_matrix_sync(a, s_C + r0 * N + n, N);
+            wmma::load_matrix_sync(a, s_C + r0 * ldb + n, ldb);
             wmma::load_matrix_sync(b, Hc + pt * 16 * N + n, N);
             wmma::mma_sync(acc[pt], a, b, acc[pt]);
         }
@@ -209,10 +221,10 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> g;
         wmma::fill_fragment(g, 0.f);
         for (int n = 0; n < N; n += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * N + n]
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, j) = s_B[j * N + n]
-            wmma::load_matrix_sync(a, s_C + r0 * N + n, N);
-            wmma::load_matrix_sync(b, s_B + j0 * N + n, N);
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * ldb + n]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, j) = s_B[j * ldb + n]
+            wmma::load_matrix_sync(a, s_C + r0 * ldb + n, ldb);
+            wmma::load_matrix_sync(b, s_B + j0 * ldb + n, ldb);
             wmma::mma_sync(g, a, b, g);
         }
         wmma::store_matrix_sync(w_f, g, 16, wmma::mem_row_major);
@@ -226,8 +238,8 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
         wmma::load_matrix_sync(m, w_t, 16);
 #pragma unroll
         for (int pt = 0; pt < PT; ++pt) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> xb;  // (j, p) = s_x[j * P + p]
-            wmma::load_matrix_sync(xb, s_x + j0 * P + pt * 16, P);
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> xb;  // (j, p) = s_x[j * ldx + p]
+            wmma::load_matrix_sync(xb, s_x + j0 * ldx + pt * 16, ldx);
             wmma::mma_sync(acc[pt], m, xb, acc[pt]);
         }
         __syncwarp();
@@ -241,7 +253,7 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
         for (int i = lane; i < 256; i += 32) {
             const int r = i / 16, q = pt * 16 + i % 16, t = r0 + r;
             if (t >= k.valid) continue;
-            float y = w_f[i] + Dh * static_cast<float>(s_x[t * P + q]);
+            float y = w_f[i] + Dh * static_cast<float>(s_x[t * ldx + q]);
             const int64_t gi = ((k.b * p.seqlen + k.t0 + t) * H + k.h) * P + q;
             if (p.z.data) y *= silu(ld(p.z.data, p.z.dtype, gi));
             st(p.y.data, p.y.dtype, gi, y);
@@ -279,11 +291,11 @@ Layout layout_of(const ep_ssd_params& p) {
     if (!types || !aligned || (P != 32 && P != 64 && P != 128) || N % 16 != 0 || N > 256 || compute_major() < 8) return l;
     const int optin = max_smem_optin();
     for (int Q : {128, 64}) {  // longer chunks pass fewer states between passes
-        const size_t out = 2 * Q * 4 + (2 * Q * N + Q * P) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
+        const size_t out = 2 * Q * 4 + (2 * Q * (N + kPad) + Q * (P + kPad)) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
         if (out <= static_cast<size_t>(optin)) {
             l.Q = Q;
             l.output_smem = out;
-            l.states_smem = 2 * Q * 4 + (Q * P + Q * N) * 2;
+            l.states_smem = 2 * Q * 4 + (Q * (P + kPad) + Q * (N + kPad)) * 2;
             return l;
         }
     }
