@@ -5,7 +5,8 @@
 //   1. states:  S_c = sum_t exp(s_end - s_t) dt_t x_t (x) B_t      [P, N] per (chunk, head), tensor cores
 //   2. pass:    H_c = state entering chunk c: H_0 = initial, H_{c+1} = exp(s_end_c) H_c + S_c   (elementwise)
 //   3. output:  y_t = exp(s_t) C_t H_c  +  sum_{j<=t} (C_t . B_j) exp(s_t - s_j) dt_j x_j  +  D x_t
-//               (then y *= silu(z)), both terms on tensor cores
+//               (then y *= silu(z)), both terms on tensor cores; C_t . B_j comes from
+//   0. CB:      C B^T [Q, Q] per (chunk, group), computed once for all the group's heads
 // with dt after bias / softplus / clamp and s_t the inclusive cumulative sum of dt * A within the chunk.
 // Decays, dt and accumulation stay in float32; the operands of the products are the inputs' 16-bit type
 // (x scaled by its decay weight, the states H_c and the masked decay matrix are rounded to it, as mamba_ssm's
@@ -107,6 +108,39 @@ __device__ __forceinline__ void wait_rows() {
     __pipeline_wait_prior(0);
 }
 
+// Pass 0: CB_c = C B^T [Q, Q] (lower-triangular tiles) per (chunk, group), float32: every head of the group
+// reads it in pass 3 instead of multiplying C by B again.
+template <typename T, int Q>
+__global__ void __launch_bounds__(Q * 2) ssd_cb_kernel(ep_ssd_params p, float* CB, int nchunks) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int N = p.dstate, ldb = N + kPad, c = blockIdx.x, g = blockIdx.y;
+    const int64_t b = blockIdx.z, t0 = static_cast<int64_t>(c) * Q;
+    const int valid = static_cast<int>(min(static_cast<int64_t>(Q), p.seqlen - t0));
+    T* s_C = reinterpret_cast<T*>(smem);  // [Q, N (+pad)]
+    T* s_B = s_C + Q * ldb;
+    const int64_t row0 = ((b * p.seqlen + t0) * p.ngroups + g) * N, stride = static_cast<int64_t>(p.ngroups) * N;
+    load_rows(p.C.data, s_C, ldb, Q, N, valid, row0, stride);
+    load_rows(p.B.data, s_B, ldb, Q, N, valid, row0, stride);
+    wait_rows();
+    __syncthreads();
+    constexpr int nt = Q / 16;
+    float* out = CB + ((b * nchunks + c) * p.ngroups + g) * static_cast<int64_t>(Q) * Q;
+    for (int tile = threadIdx.x / 32; tile < nt * nt; tile += blockDim.x / 32) {
+        const int it = tile / nt, jt = tile % nt;
+        if (jt > it) continue;  // above the diagonal: masked out in pass 3
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.f);
+        for (int n = 0; n < N; n += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * ldb + n]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bm;  // (n, j) = s_B[j * ldb + n]
+            wmma::load_matrix_sync(a, s_C + it * 16 * ldb + n, ldb);
+            wmma::load_matrix_sync(bm, s_B + jt * 16 * ldb + n, ldb);
+            wmma::mma_sync(acc, a, bm, acc);
+        }
+        wmma::store_matrix_sync(out + it * 16 * Q + jt * 16, acc, Q, wmma::mem_row_major);
+    }
+}
+
 // Pass 1: S_c = (x * w)^T B per (chunk, head), w_t = exp(s_end - s_t) dt_t; and the chunk's decay exp(s_end).
 template <typename T, int Q>
 __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, float* S, float* decay, int nchunks) {
@@ -169,7 +203,7 @@ __global__ void ssd_pass_kernel(ep_ssd_params p, const float* S, const float* de
 
 // Pass 3: y for one (chunk, head); warp w owns rows [16w, 16w + 16) of the chunk. PT = headdim / 16.
 template <typename T, int Q, int PT>
-__global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, const T* Ht, int nchunks) {
+__global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, const T* Ht, const float* CB, int nchunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int P = PT * 16;
     const int N = p.dstate, H = p.nheads;
@@ -179,8 +213,7 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
     const int ldb = N + kPad;
     constexpr int ldx = P + kPad;
     T* s_C = reinterpret_cast<T*>(s_cum + Q);  // [Q, N (+pad)]
-    T* s_B = s_C + Q * ldb;                    // [Q, N (+pad)]
-    T* s_x = s_B + Q * ldb;                    // [Q, P (+pad)]
+    T* s_x = s_C + Q * ldb;                    // [Q, P (+pad)]
     float* scratch = reinterpret_cast<float*>(s_x + Q * ldx);  // per warp: 16x16 float + 16x16 T
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* w_f = scratch + warp * (256 + 128);
@@ -188,10 +221,10 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
 
     const int64_t bc_row0 = ((k.b * p.seqlen + k.t0) * p.ngroups + k.g) * N, bc_stride = static_cast<int64_t>(p.ngroups) * N;
     load_rows(p.C.data, s_C, ldb, Q, N, k.valid, bc_row0, bc_stride);
-    load_rows(p.B.data, s_B, ldb, Q, N, k.valid, bc_row0, bc_stride);
     load_rows(p.x.data, s_x, ldx, Q, P, k.valid, ((k.b * p.seqlen + k.t0) * H + k.h) * P, static_cast<int64_t>(H) * P);
     chunk_decay<Q>(p, k, s_dt, s_cum);  // while the rows arrive
     const T* Hc = Ht + ((k.b * nchunks + k.c) * H + k.h) * static_cast<int64_t>(P) * N;  // [P, N]
+    const float* G = CB + ((k.b * nchunks + k.c) * p.ngroups + k.g) * static_cast<int64_t>(Q) * Q;  // [Q, Q]
     wait_rows();
     __syncthreads();
 
@@ -216,22 +249,11 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
         wmma::load_matrix_sync(acc[pt], w_f, 16, wmma::mem_row_major);
         __syncwarp();
     }
-    // intra-chunk term, column tiles up to the diagonal: M = (C B^T) * exp(s_t - s_j) * dt_j (j <= t), y += M x
+    // intra-chunk term, column tiles up to the diagonal: M = CB * exp(s_t - s_j) * dt_j (j <= t), y += M x
     for (int j0 = 0; j0 <= r0; j0 += 16) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> g;
-        wmma::fill_fragment(g, 0.f);
-        for (int n = 0; n < N; n += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;  // (t, n) = s_C[t * ldb + n]
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;  // (n, j) = s_B[j * ldb + n]
-            wmma::load_matrix_sync(a, s_C + r0 * ldb + n, ldb);
-            wmma::load_matrix_sync(b, s_B + j0 * ldb + n, ldb);
-            wmma::mma_sync(g, a, b, g);
-        }
-        wmma::store_matrix_sync(w_f, g, 16, wmma::mem_row_major);
-        __syncwarp();
         for (int i = lane; i < 256; i += 32) {
             const int t = r0 + i / 16, j = j0 + i % 16;
-            w_t[i] = to_t<T>(j <= t ? w_f[i] * expf(s_cum[t] - s_cum[j]) * s_dt[j] : 0.f);
+            w_t[i] = to_t<T>(j <= t ? G[t * Q + j] * expf(s_cum[t] - s_cum[j]) * s_dt[j] : 0.f);
         }
         __syncwarp();
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> m;
@@ -264,7 +286,7 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
 
 struct Layout {
     int Q = 0;  // 0: the chunked form does not apply
-    size_t states_smem = 0, output_smem = 0;
+    size_t states_smem = 0, output_smem = 0, cb_smem = 0;
 };
 
 int max_smem_optin() {
@@ -291,10 +313,12 @@ Layout layout_of(const ep_ssd_params& p) {
     if (!types || !aligned || (P != 32 && P != 64 && P != 128) || N % 16 != 0 || N > 256 || compute_major() < 8) return l;
     const int optin = max_smem_optin();
     for (int Q : {128, 64}) {  // longer chunks pass fewer states between passes
-        const size_t out = 2 * Q * 4 + (2 * Q * (N + kPad) + Q * (P + kPad)) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
-        if (out <= static_cast<size_t>(optin)) {
+        const size_t out = 2 * Q * 4 + (Q * (N + kPad) + Q * (P + kPad)) * 2 + (Q / 16) * (256 * 4 + 256 * 2);
+        const size_t cb = 2 * Q * (N + kPad) * 2;
+        if (std::max(out, cb) <= static_cast<size_t>(optin)) {
             l.Q = Q;
             l.output_smem = out;
+            l.cb_smem = cb;
             l.states_smem = 2 * Q * 4 + (Q * (P + kPad) + Q * (N + kPad)) * 2;
             return l;
         }
@@ -309,9 +333,13 @@ int set_smem(K kernel, size_t bytes) {
 }
 
 template <typename T, int Q, int PT>
-int launch(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht_raw, int nchunks, cudaStream_t s) {
+int launch(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht_raw, float* CB, int nchunks,
+           cudaStream_t s) {
     T* Ht = static_cast<T*>(Ht_raw);
     const dim3 grid(nchunks, p.nheads, p.batch);
+    if (int e = set_smem(ssd_cb_kernel<T, Q>, l.cb_smem)) return e;
+    ssd_cb_kernel<T, Q><<<dim3(nchunks, p.ngroups, p.batch), Q * 2, l.cb_smem, s>>>(p, CB, nchunks);
+    if (int e = launch_status()) return e;
     if (int e = set_smem(ssd_states_kernel<T, Q>, l.states_smem)) return e;
     if (int e = set_smem(ssd_output_kernel<T, Q, PT>, l.output_smem)) return e;
     ssd_states_kernel<T, Q><<<grid, Q * 2, l.states_smem, s>>>(p, S, decay, nchunks);
@@ -319,22 +347,25 @@ int launch(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void
     const int64_t n = static_cast<int64_t>(p.batch) * p.nheads * p.headdim * p.dstate;
     ssd_pass_kernel<T><<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, s>>>(p, S, decay, Ht, nchunks);
     if (int e = launch_status()) return e;
-    ssd_output_kernel<T, Q, PT><<<grid, Q * 2, l.output_smem, s>>>(p, Ht, nchunks);
+    ssd_output_kernel<T, Q, PT><<<grid, Q * 2, l.output_smem, s>>>(p, Ht, CB, nchunks);
     return launch_status();
 }
 
 template <typename T, int Q>
-int launch_p(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht, int nchunks, cudaStream_t s) {
+int launch_p(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht, float* CB, int nchunks,
+             cudaStream_t s) {
     switch (p.headdim) {
-        case 32: return launch<T, Q, 2>(p, l, S, decay, Ht, nchunks, s);
-        case 64: return launch<T, Q, 4>(p, l, S, decay, Ht, nchunks, s);
-        default: return launch<T, Q, 8>(p, l, S, decay, Ht, nchunks, s);
+        case 32: return launch<T, Q, 2>(p, l, S, decay, Ht, CB, nchunks, s);
+        case 64: return launch<T, Q, 4>(p, l, S, decay, Ht, CB, nchunks, s);
+        default: return launch<T, Q, 8>(p, l, S, decay, Ht, CB, nchunks, s);
     }
 }
 
 template <typename T>
-int launch_t(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht, int nchunks, cudaStream_t s) {
-    return l.Q == 128 ? launch_p<T, 128>(p, l, S, decay, Ht, nchunks, s) : launch_p<T, 64>(p, l, S, decay, Ht, nchunks, s);
+int launch_t(const ep_ssd_params& p, const Layout& l, float* S, float* decay, void* Ht, float* CB, int nchunks,
+             cudaStream_t s) {
+    return l.Q == 128 ? launch_p<T, 128>(p, l, S, decay, Ht, CB, nchunks, s)
+                      : launch_p<T, 64>(p, l, S, decay, Ht, CB, nchunks, s);
 }
 
 }  // namespace
@@ -343,14 +374,16 @@ bool ssd_chunked_applies(const ep_ssd_params& p) { return layout_of(p).Q > 0; }
 
 namespace {
 struct Workspace {
-    size_t states, entering, decay;  // bytes of S (float32), Ht (16-bit), decay (float32), each 256-aligned
+    size_t states, entering, decay, cb;  // bytes of S (float32), Ht (16-bit), decay, CB (float32), 256-aligned
 };
 
 Workspace workspace_of(const ep_ssd_params& p, int Q) {
     const int64_t chunks = ceil_div(p.seqlen, Q), heads = static_cast<int64_t>(p.batch) * chunks * p.nheads;
     const size_t elems = static_cast<size_t>(heads) * p.headdim * p.dstate;
+    const size_t cb = static_cast<size_t>(p.batch) * chunks * p.ngroups * Q * Q;
     auto round = [](size_t v) { return ((v + 255) / 256) * 256; };
-    return {round(elems * sizeof(float)), round(elems * 2), round(static_cast<size_t>(heads) * sizeof(float))};
+    return {round(elems * sizeof(float)), round(elems * 2), round(static_cast<size_t>(heads) * sizeof(float)),
+            round(cb * sizeof(float))};
 }
 }  // namespace
 
@@ -358,7 +391,7 @@ size_t ssd_chunked_workspace(const ep_ssd_params& p) {
     const Layout l = layout_of(p);
     if (l.Q == 0 || p.seqlen <= 0) return 0;
     const Workspace w = workspace_of(p, l.Q);
-    return w.states + w.entering + w.decay;
+    return w.states + w.entering + w.decay + w.cb;
 }
 
 int ssd_chunked(const ep_ssd_params& p, void* workspace, cudaStream_t stream) {
@@ -371,8 +404,9 @@ int ssd_chunked(const ep_ssd_params& p, void* workspace, cudaStream_t stream) {
     float* S = reinterpret_cast<float*>(base);
     void* Ht = base + w.states;
     float* decay = reinterpret_cast<float*>(base + w.states + w.entering);
-    if (p.x.dtype == EP_F16) return launch_t<__half>(p, l, S, decay, Ht, nchunks, stream);
-    return launch_t<__nv_bfloat16>(p, l, S, decay, Ht, nchunks, stream);
+    float* CB = reinterpret_cast<float*>(base + w.states + w.entering + w.decay);
+    if (p.x.dtype == EP_F16) return launch_t<__half>(p, l, S, decay, Ht, CB, nchunks, stream);
+    return launch_t<__nv_bfloat16>(p, l, S, decay, Ht, CB, nchunks, stream);
 }
 
 }  // namespace ep
