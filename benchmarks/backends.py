@@ -437,8 +437,18 @@ def _write(results: dict, out: str | None) -> None:
 
 
 # ---- report -----------------------------------------------------------------------------------------------
+def _int_lengths(results: dict) -> dict:
+    """results with the per-length dicts keyed by int again (JSON made them strings)."""
+    keyed = ("prefill_ms", "decode_ms", "roofline_ms")
+    return {**results, "models": {name: {b: {k: ({int(n): v for n, v in x.items()} if k in keyed else x)
+                                             for k, x in r.items()} for b, r in res.items()}
+                                  for name, res in results["models"].items()}}
+
+
 def table(results: dict) -> str:
-    """One Markdown table: eager ms, each backend's ratio to eager, and decode roofline fractions."""
+    """One Markdown table: eager ms, each backend's ratio to eager, and decode roofline fractions (from a run's
+    results or from their JSON file)."""
+    results = _int_lengths(results)
     backends = [b for b in results["args"]["backends"] if b != "eager"]
     head = ["model", "phase", "len", "eager ms", *[f"{b} ms (vs eager)" for b in backends], "roofline ms",
             *[f"%roof {b}" for b in ["eager", *backends]]]

@@ -14,7 +14,9 @@
 #      two SSMs); and (when results/prev/study.db is carried: carry [".ort4", "results/prev"]) a search of
 #      issue 9's store given in MAXCTX_MODELS (default mamba2-1.3b) again, full prefill at 24 GiB up to 512k
 #   5. install onnxruntime-gpu; issue 6's table: eager vs ort-cuda (standard lowering) vs ort-cuda-gqa
-#      (attention as GroupQueryAttention; llama only)
+#      (attention as GroupQueryAttention; llama only) vs ort-cuda-custom (SSM ops as ai.edgeports nodes on
+#      edgeports' CUDA kernels; SSM models only; the custom-op library is built with nvcc there, which needs
+#      ONNX Runtime's headers: carry a directory of them and set ONNXRUNTIME_INCLUDE, no registry there)
 # MODELS (default the three of the issues) picks the benchmarked models: three models' embedded-weight AOT
 # packages and ONNX exports filled the 64 GiB disk once. AOT_WEIGHTS sets the packages' weights mode.
 # About 20 minutes held in all (2026-11-22, H100). The study of issue 9 is one call of its own:
@@ -36,7 +38,8 @@ quiet() { awk '/ passed| failed/ || !(/[Ww]arn|^DEBUG|return cls.__new__|Scatter
 
 case $step in
 1)
-  setsid nohup "${BENCH[@]}" --backends eager,compile-jit,compile-aot,ort-cuda,ort-cuda-gqa --jobs 5 --prepare-only \
+  setsid nohup "${BENCH[@]}" --backends eager,compile-jit,compile-aot,ort-cuda,ort-cuda-gqa,ort-cuda-custom --jobs 5 \
+    --prepare-only \
     >/tmp/prep.log 2>&1 </dev/null &
   # shellcheck disable=SC2086 # TESTS is a list of paths
   timeout 500 python3 -m pytest -m gpu -q -rfE --tb=line -p no:cacheprovider -p no:logging ${TESTS:-tests} 2>&1 \
@@ -73,7 +76,7 @@ case $step in
   # the bool-weight binding against onnxruntime 1.31 itself (CPU tests; their stand-in emulates it elsewhere)
   timeout 60 python3 -m pytest -q --tb=short -p no:cacheprovider -p no:logging tests/runners/test_ort_bool.py 2>&1 \
     | quiet | tail -5
-  timeout 540 "${BENCH[@]}" --backends eager,ort-cuda,ort-cuda-gqa --budget-s 420 --out "$OUT/ort.json" 2>&1 \
+  timeout 540 "${BENCH[@]}" --backends eager,ort-cuda,ort-cuda-gqa,ort-cuda-custom --budget-s 420 --out "$OUT/ort.json" 2>&1 \
     | quiet | tail -45
   keep_logs ort 'measure-*ort*.log'
   ;;

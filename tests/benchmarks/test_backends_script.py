@@ -163,3 +163,14 @@ def test_a_childs_recorded_failure_is_kept_word_for_word(bench, monkeypatch, tmp
     monkeypatch.setattr(bench.torch.cuda, "empty_cache", lambda: None)
     results = run(args, {"models": {}})
     assert results["models"]["tiny-llama"]["compile-aot"] == {"error": "EdgeportsError: compile: boom"}
+
+
+def test_table_reads_a_results_file(bench):
+    import json
+
+    run = {"args": {"backends": ["eager", "ort-cuda-custom"]},
+           "models": {"m": {"eager": {"prefill_ms": {1024: 10.0}, "decode_ms": {1024: 4.0}, "roofline_ms": {1024: 1.0}},
+                            "ort-cuda-custom": {"prefill_ms": {1024: 5.0}, "decode_ms": {1024: 2.0}}}}}
+    printed = bench.table(run)
+    assert "| m | prefill | 1k | 10.00 | 5.00 (2.00x) |" in printed and "| 25% | 50% |" in printed
+    assert bench.table(json.loads(json.dumps(run))) == printed  # JSON keys the lengths by strings
