@@ -21,8 +21,8 @@ first activation input (u / x); SSM states are float32. Expanded views that the 
 dt_bias of SelectiveStateUpdate in Mamba2) arrive materialised through an Expand node.
 
 The schemas are registered with onnx (`register_schemas()`), so onnx.checker validates every node's
-inputs, types and attributes; ONNX Runtime has no kernels for this domain (its runner refuses such
-an artifact unless a custom-op library is given).
+inputs, types and attributes. ONNX Runtime runs this domain with edgeports' custom-op library
+(exporters/plugins/ort, built and loaded by runners/ort.py), TensorRT with the plugins.
 
 The attention lowering `onnx_attention=gqa` (exporters/onnx.py) goes through the same mechanism (a
 torch custom op kept opaque by torch.export, turned into one node by the translation table): each
