@@ -4,6 +4,9 @@
 #   install.sh plugins       exporters/plugins with CMake: the TensorRT plugin library (IPluginV3) and the
 #                            plain CUDA kernels library, installed in /opt/edgeports/lib
 #   install.sh edgeports     edgeports from the copied sources (non-editable) with pytest
+#   install.sh ort-ops       (after edgeports) the ONNX Runtime custom-op library for CUDA_ARCHS, built by
+#                            edgeports.exporters.plugin_build (fetches ONNX Runtime's C++ headers once), installed
+#                            in /opt/edgeports/lib
 # Inputs are the images' build args, which RUN sees as environment variables: CUDA_ARCHS ("8.6;8.9"),
 # MAX_JOBS, MAMBA_SSM_VERSION, CAUSAL_CONV1D_VERSION.
 set -euo pipefail
@@ -36,8 +39,24 @@ edgeports)
     python3 -m pip install ".[ort-gpu,hf]" "pytest>=8"
     edgeports --help >/dev/null
     ;;
+ort-ops)
+    # plugin_build wants ["86", "89"] where torch wants "8.6;8.9"
+    python3 - "$(echo "${CUDA_ARCHS:?}" | tr -d . | tr ';' ' ')" "$lib_dir" <<'PY'
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from edgeports.exporters import plugin_build
+
+with tempfile.TemporaryDirectory() as tmp:
+    lib = plugin_build.build_ort_ops(cuda=True, archs=sys.argv[1].split(), out_dir=Path(tmp))
+    Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
+    shutil.copy(lib, Path(sys.argv[2]) / plugin_build.ORT_LIB)
+PY
+    ;;
 *)
-    echo "usage: install.sh ssm-kernels|plugins|edgeports" >&2
+    echo "usage: install.sh ssm-kernels|plugins|edgeports|ort-ops" >&2
     exit 2
     ;;
 esac

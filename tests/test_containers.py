@@ -261,3 +261,27 @@ def test_install_plugins_step_with_stub_cmake(tmp_path):
     assert proc.returncode != 0 and "libedgeports_ssm_kernels.so was not built" in proc.stderr
     proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_images_name_the_libraries_as_plugin_build_reads_them():
+    """The ENV names the Dockerfiles set are the ones plugin_build and the ORT runner read (they once drifted:
+    the images set EDGEPORTS_TRT_PLUGINS, which nothing read)."""
+    from edgeports.exporters import plugin_build
+
+    wanted = {plugin_build.ENV_PLUGINS: plugin_build.PLUGINS_LIB, plugin_build.ENV_KERNELS: plugin_build.KERNELS_LIB,
+              plugin_build.ENV_ORT_LIB: plugin_build.ORT_LIB}
+    for image in ("x86-rtx", "jetson-l4t"):
+        text = (ROOT / "containers" / image / "Dockerfile").read_text()
+        for env, lib in wanted.items():
+            assert f"{env}=/opt/edgeports/lib/{lib}" in text, (image, env)
+        assert "install.sh ort-ops" in text
+
+
+def test_install_ort_ops_step_with_stub_python(tmp_path):
+    """install.sh ort-ops hands plugin_build the archs in its spelling and the lib dir."""
+    env, log = stub_command(tmp_path, "python3", 'cat > /dev/null')
+    env.update(CUDA_ARCHS="8.6;8.9", EDGEPORTS_LIB_DIR=str(tmp_path / "lib"))
+    proc = subprocess.run(["bash", str(ROOT / "containers/install.sh"), "ort-ops"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().strip() == f"- 86 89 {tmp_path / 'lib'}"
