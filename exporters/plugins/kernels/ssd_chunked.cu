@@ -25,6 +25,14 @@ namespace {
 
 using namespace nvcuda;
 
+// bf16 tensor-core fragments need sm_80; older targets compile empty kernels that layout_of never launches
+// (it checks the device's compute capability).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define EP_TENSOR_CORES 1
+#else
+#define EP_TENSOR_CORES 0
+#endif
+
 // Shared-memory rows are padded by 8 elements (16 bytes): rows of 64 or 128 16-bit values would otherwise start
 // on the same banks, and every 16x16 tensor-core tile load would serialise on them.
 constexpr int kPad = 8;
@@ -112,6 +120,7 @@ __device__ __forceinline__ void wait_rows() {
 // reads it in pass 3 instead of multiplying C by B again.
 template <typename T, int Q>
 __global__ void __launch_bounds__(Q * 2) ssd_cb_kernel(ep_ssd_params p, float* CB, int nchunks) {
+#if EP_TENSOR_CORES
     extern __shared__ __align__(128) unsigned char smem[];
     const int N = p.dstate, ldb = N + kPad, c = blockIdx.x, g = blockIdx.y;
     const int64_t b = blockIdx.z, t0 = static_cast<int64_t>(c) * Q;
@@ -139,11 +148,13 @@ __global__ void __launch_bounds__(Q * 2) ssd_cb_kernel(ep_ssd_params p, float* C
         }
         wmma::store_matrix_sync(out + it * 16 * Q + jt * 16, acc, Q, wmma::mem_row_major);
     }
+#endif
 }
 
 // Pass 1: S_c = (x * w)^T B per (chunk, head), w_t = exp(s_end - s_t) dt_t; and the chunk's decay exp(s_end).
 template <typename T, int Q>
 __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, float* S, float* decay, int nchunks) {
+#if EP_TENSOR_CORES
     extern __shared__ __align__(128) unsigned char smem[];
     const int P = p.headdim, N = p.dstate, H = p.nheads;
     const ChunkIdx k = chunk_idx(p, Q);
@@ -182,6 +193,7 @@ __global__ void __launch_bounds__(Q * 2) ssd_states_kernel(ep_ssd_params p, floa
         wmma::store_matrix_sync(out + pt * 16 * N + nt * 16, acc, N, wmma::mem_row_major);
     }
     if (threadIdx.x == 0) decay[(k.b * nchunks + k.c) * H + k.h] = expf(end);
+#endif
 }
 
 // Pass 2: Ht[c] = the state entering chunk c, in T (pass 3's operand); the state after the last chunk is
@@ -204,6 +216,7 @@ __global__ void ssd_pass_kernel(ep_ssd_params p, const float* S, const float* de
 // Pass 3: y for one (chunk, head); warp w owns rows [16w, 16w + 16) of the chunk. PT = headdim / 16.
 template <typename T, int Q, int PT>
 __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, const T* Ht, const float* CB, int nchunks) {
+#if EP_TENSOR_CORES
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int P = PT * 16;
     const int N = p.dstate, H = p.nheads;
@@ -282,6 +295,7 @@ __global__ void __launch_bounds__(Q * 2) ssd_output_kernel(ep_ssd_params p, cons
         }
         __syncwarp();
     }
+#endif
 }
 
 struct Layout {
