@@ -88,13 +88,19 @@ def _gencode(archs: list[str]) -> list[str]:
     return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
 
 
-def kernels_command(out: Path, archs: list[str], compiler: str | None = None) -> list[str]:
-    """The nvcc command line that builds the kernels library for the given architectures."""
+def _nvcc_command(out: Path, archs: list[str], sources: list[Path], what: str, flags: tuple[str, ...] = (),
+                  compiler: str | None = None) -> list[str]:
+    """The nvcc command line that builds a shared library of `sources` (with the plugin headers) for `archs`."""
     cc = compiler or nvcc()
     if cc is None:
-        raise EdgeportsError("building the CUDA kernels needs nvcc (the CUDA toolkit), which is not on this machine")
-    return [cc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo", *_gencode(archs),
-            "-I", str(PLUGIN_DIR / "include"), *map(str, kernel_sources()), "-o", str(out)]
+        raise EdgeportsError(f"building {what} needs nvcc (the CUDA toolkit), which is not on this machine")
+    return [cc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo", *flags, *_gencode(archs),
+            "-I", str(PLUGIN_DIR / "include"), *map(str, sources), "-o", str(out)]
+
+
+def kernels_command(out: Path, archs: list[str], compiler: str | None = None) -> list[str]:
+    """The nvcc command line that builds the kernels library for the given architectures."""
+    return _nvcc_command(out, archs, kernel_sources(), "the CUDA kernels", compiler=compiler)
 
 
 def _source_hash(paths: list[Path]) -> str:
@@ -112,11 +118,22 @@ def build_kernels(archs: list[str] | None = None, out_dir: Path | None = None, f
     out = out_dir / KERNELS_LIB
     if out.is_file() and not force:
         return out
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return _compile(out, lambda tmp: kernels_command(tmp, archs))
+
+
+def _compile(out: Path, command, note: str | None = None) -> Path:
+    """Run `command(tmp)` (a compiler writing tmp) and move tmp to `out`; `note`, if given, is printed first
+    (a build a user waits for). A failure is one EdgeportsError line with the compiler's first error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run(kernels_command(tmp, archs), capture_output=True, text=True)
+    cmd = command(tmp)
+    if note:
+        print(f"edgeports: {note}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise EdgeportsError(f"nvcc failed building {KERNELS_LIB}: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = proc.stderr.strip().splitlines()
+        first = next((line for line in lines if "error" in line), lines[-1] if lines else f"exit {proc.returncode}")
+        raise EdgeportsError(f"{Path(cmd[0]).name} failed building {out.name}: {first.strip()}")
     tmp.replace(out)  # atomic: a concurrent builder never sees a half-written library
     return out
 
@@ -246,17 +263,14 @@ def _ar_member(data: bytes, prefix: str) -> bytes:
 def ort_ops_command(out: Path, archs: list[str] | None) -> list[str]:
     """The compiler command that builds libedgeports_ort_ops.so: host C++ only (archs None: the CPU
     provider), or nvcc with the CUDA kernels for those GPU architectures (the CPU and CUDA providers)."""
-    common = ["-O3", "-std=c++17", "-shared", "-I", str(PLUGIN_DIR / "include"), "-I", str(ort_include())]
-    if archs is None:
-        cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-        if cxx is None:
-            raise EdgeportsError(f"building {ORT_LIB} needs a C++ compiler (g++), which is not on this machine")
-        return [cxx, *common, "-fPIC", "-Wl,--no-undefined", *map(str, ort_sources(False)), "-o", str(out)]
-    cc = nvcc()
-    if cc is None:
-        raise EdgeportsError(f"building {ORT_LIB} for CUDA needs nvcc (the CUDA toolkit), which is not on this machine")
-    return [cc, *common, "-Xcompiler", "-fPIC", "-lineinfo", "-DEDGEPORTS_ORT_CUDA", *_gencode(archs),
-            *map(str, ort_sources(True)), "-o", str(out)]
+    ort_headers = ("-I", str(ort_include()))
+    if archs is not None:
+        return _nvcc_command(out, archs, ort_sources(True), f"{ORT_LIB} for CUDA", (*ort_headers, "-DEDGEPORTS_ORT_CUDA"))
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        raise EdgeportsError(f"building {ORT_LIB} needs a C++ compiler (g++), which is not on this machine")
+    return [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-Wl,--no-undefined", *ort_headers,
+            "-I", str(PLUGIN_DIR / "include"), *map(str, ort_sources(False)), "-o", str(out)]
 
 
 def build_ort_ops(cuda: bool, archs: list[str] | None = None, out_dir: Path | None = None) -> Path:
@@ -268,19 +282,11 @@ def build_ort_ops(cuda: bool, archs: list[str] | None = None, out_dir: Path | No
     out = out_dir / ORT_LIB
     if out.is_file():
         return out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    print(f"edgeports: building {ORT_LIB} ({tag}; once, cached in {out_dir})", file=sys.stderr, flush=True)
-    proc = subprocess.run(ort_ops_command(tmp, archs), capture_output=True, text=True)
-    if proc.returncode != 0:
-        errors = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.strip().splitlines()
-        raise EdgeportsError(f"building {ORT_LIB} failed: {errors[:1]}")
-    tmp.replace(out)
-    return out
+    return _compile(out, lambda tmp: ort_ops_command(tmp, archs), f"building {ORT_LIB} ({tag}; once, cached in {out_dir})")
 
 
 def find_ort_ops(cuda: bool) -> Path:
-    """The custom-op library for ONNX Runtime: $EDGEPORTS_ORT_CUSTOM_OPS, else a CMake build in
+    """The custom-op library for ONNX Runtime: $EDGEPORTS_ORT_CUSTOM_OPS, else one placed in
     exporters/plugins/build, else built now (build_ort_ops) for the CPU, or with `cuda` for the current GPU."""
     found = _prebuilt(ENV_ORT_LIB, ORT_LIB)
     return found if found is not None else build_ort_ops(cuda)

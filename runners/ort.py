@@ -47,8 +47,8 @@ Artifacts with the `custom` SSM lowering (ai.edgeports nodes: one node per SSM o
 custom-op library (exporters/plugins/ort): $EDGEPORTS_ORT_CUSTOM_OPS, else built once and cached by
 exporters.plugin_build (the host reference for the CPU EP; on a cuda device the CUDA kernels too, with
 nvcc). A library without the CUDA kernels is refused on a cuda device: ORT would move every SSM node's
-tensors to the CPU and back. The library and its providers are in info["custom_ops"]. `layer_profile()` runs ORT's profiler (enable_profiling) and maps
-node times onto the op categories of edgeports.measure.ops.
+tensors to the CPU and back. The library and its providers are in info["custom_ops"]. `layer_profile()`
+runs ORT's profiler (enable_profiling) and maps node times onto the op categories of edgeports.measure.ops.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ from edgeports.runners.base import (
 
 NAME = "onnx"
 CAPS = Capabilities(devices=("cpu", "cuda"), dtypes=DTYPES, prefill_modes=("full", "chunk"))
-CUSTOM_OPS_ENV = "EDGEPORTS_ORT_CUSTOM_OPS"  # = exporters.plugin_build.ENV_ORT_LIB
 _CONTROL_FLOW = ("Scan", "Loop", "If")
 ARENA_EXTEND = "kSameAsRequested"  # the arena grows by what is asked, not to the next power of two
 TORCH_MARGIN = 32 << 20  # torch's caching allocator rounds blocks up (2 MiB segments): slack for its part
@@ -529,7 +528,7 @@ def _custom_ops_library(lowering: str, device: torch.device) -> dict[str, Any] |
     if cuda and "cuda" not in served:
         raise Unsupported(f"{lib} has the SSM ops for ONNX Runtime's CPU provider only (built without nvcc); on "
                           "cuda every SSM node would run on the CPU: build it with the CUDA kernels "
-                          f"(edgeports.exporters.plugin_build.build_ort_ops(cuda=True)) or unset {CUSTOM_OPS_ENV}")
+                          f"(edgeports.exporters.plugin_build.build_ort_ops(cuda=True)) or unset {plugin_build.ENV_ORT_LIB}")
     return {"library": str(lib), "providers": list(served)}
 
 

@@ -7,7 +7,6 @@ namespace ep {
 
 namespace {
 constexpr int kMaxDevices = 64;
-int g_sm_count[kMaxDevices] = {0};
 
 // Chunking trades a second scan of all but the last chunk for parallelism along the sequence,
 // so it only kicks in when one pass leaves the GPU short of warps.
@@ -36,15 +35,24 @@ __global__ void combine_kernel(float* __restrict__ hs, const float* __restrict__
 }
 }  // namespace
 
-int sm_count() {
+namespace {
+// Attribute A of the current device, cached per device (every entry point asks again; 0 if unknown).
+template <cudaDeviceAttr A>
+int device_attr() {
+    static int cache[kMaxDevices] = {0};
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return 0;
-    if (dev < kMaxDevices && g_sm_count[dev] > 0) return g_sm_count[dev];
-    int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-    if (dev < kMaxDevices) g_sm_count[dev] = n;
-    return n;
+    if (dev < kMaxDevices && cache[dev] > 0) return cache[dev];
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, A, dev) != cudaSuccess) return 0;
+    if (dev < kMaxDevices) cache[dev] = v;
+    return v;
 }
+}  // namespace
+
+int sm_count() { return device_attr<cudaDevAttrMultiProcessorCount>(); }
+int compute_major() { return device_attr<cudaDevAttrComputeCapabilityMajor>(); }
+int max_smem_optin() { return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(); }
 
 ChunkPlan plan_chunks(int64_t base_blocks, int warps_per_block, int64_t seqlen, int tile) {
     const int64_t sms = std::max(1, sm_count());

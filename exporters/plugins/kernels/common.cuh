@@ -64,32 +64,6 @@ __device__ __forceinline__ void load_tile(const ep_in& t, int n, Index gidx, Sto
     });
 }
 
-// load_tile over K tensors indexed alike: every thread keeps 8 loads of each tensor in flight at once, so a
-// tile of several tensors costs one round of latency, not one per tensor. An absent tensor (data NULL) reads 0;
-// store(j, i, v) receives tensor j's element i.
-template <int K, typename Index, typename Store>
-__device__ __forceinline__ void load_tiles(const ep_in* const (&ts)[K], int n, Index gidx, Store store) {
-    const int tid = threadIdx.x, nt = blockDim.x;
-    for (int base = tid; base < n; base += 8 * nt) {
-        float v[K][8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            const int i = base + k * nt;
-            const int64_t g = i < n ? gidx(i) : -1;
-#pragma unroll
-            for (int j = 0; j < K; ++j) v[j][k] = (g >= 0 && ts[j]->data) ? ld(ts[j]->data, ts[j]->dtype, g) : 0.f;
-        }
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            const int i = base + k * nt;
-            if (i < n) {
-#pragma unroll
-                for (int j = 0; j < K; ++j) store(j, i, v[j][k]);
-            }
-        }
-    }
-}
-
 // torch.nn.functional.softplus with beta=1, threshold=20.
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
@@ -119,8 +93,11 @@ inline int next_pow2(int v) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Multiprocessor count of the current device (cached per device; 0 if unknown).
+// Of the current device, cached per device (0 if unknown): multiprocessor count, compute capability major,
+// and the most dynamic shared memory a block may opt in to.
 int sm_count();
+int compute_major();
+int max_smem_optin();
 
 // How the sequence of a scan is split for parallelism. With one chunk the scan is a single pass;
 // with nc > 1: pass 1 scans chunks 0..nc-2 (chunk 0 from the initial state, the others from zero)

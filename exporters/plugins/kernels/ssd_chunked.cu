@@ -303,20 +303,6 @@ struct Layout {
     size_t states_smem = 0, output_smem = 0, cb_smem = 0;
 };
 
-int max_smem_optin() {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
-    return v;
-}
-
-int compute_major() {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
-    return v;
-}
-
 Layout layout_of(const ep_ssd_params& p) {
     Layout l;
     const int P = p.headdim, N = p.dstate;
