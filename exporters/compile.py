@@ -30,9 +30,10 @@ once. The SSM ops reach the graphs as single `edgeports::` custom-op nodes (thei
 give the shapes), never traced into Triton or Python loops; an infinite float argument of those nodes
 (ssd_chunk_scan's dt_max) is stored as the float32 maximum, since the packages keep custom-op calls as JSON.
 
-Both modes fuse q/k/v and gate/up projections (edgeports.models.fuse; extra["fuse"]=False keeps them
-apart): fewer, larger GEMVs per decode step. The packages' weight names are then the fused ones
-(programs.json "fused_projections").
+Both modes fuse q/k/v and gate/up projections and fold the SSM mixers' constants (edgeports.models.fuse;
+extra["fuse"]=False keeps them apart and unfolded): fewer, larger GEMVs and fewer small kernels per decode
+step. The packages' weight names are then the fused ones (programs.json "fused_projections"); the folded
+constants are package constants of their own.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from edgeports.exporters.base import (
     stage,
     write_manifest,
 )
+from edgeports.kernels import get_impl
 from edgeports.models import LM, ModelSpec
 
 NAME = "compile"
@@ -91,7 +93,8 @@ def mode_of(options: ExportOptions) -> str:
 
 
 def fuses(options: ExportOptions) -> bool:
-    """Whether the programs fuse parallel projections (extra "fuse", default on; edgeports.models.fuse)."""
+    """Whether the programs fuse parallel projections and fold SSM constants (extra "fuse", default on;
+    edgeports.models.fuse)."""
     return options.flag("fuse", True)
 
 
@@ -112,6 +115,19 @@ def freezes(options: ExportOptions) -> bool:
     return options.flag("freeze", False)
 
 
+DECODE_KERNELS = {"custom": None, "inline": "torch"}  # option value -> edgeports.kernels implementation
+
+
+def decode_kernels(options: ExportOptions) -> str | None:
+    """How the decode program runs the SSM step ops (extra "decode_kernels"): "custom" (default), the in-place
+    `edgeports::` custom ops (one opaque kernel each that writes its state where it lies), or "inline", their
+    one-step tensor math (the torch implementation; no time loop) traced into the program, where Inductor fuses
+    it with its neighbours. Returns the edgeports.kernels implementation (None = the custom ops).
+    H100, fp16, 16 layers, CUDA-graphed step (benchmarks/decode_profile.py, functional custom ops then):
+    inline took 1.029 against 0.962 ms for mamba2-2.7b and 1.025 against 1.031 ms for mamba-2.8b."""
+    return DECODE_KERNELS[options.choice("decode_kernels", "custom", tuple(DECODE_KERNELS))]
+
+
 WEIGHT_MODES = ("auto", "shared", "embedded")
 
 
@@ -123,24 +139,31 @@ def weights_mode(options: ExportOptions) -> str:
 
 
 # the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options)
-OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of, "freeze": freezes, "weights": weights_mode}
+OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of, "freeze": freezes, "weights": weights_mode,
+           "decode_kernels": decode_kernels}
 
 
 class InPlaceStep(nn.Module):
     """One LM call as `(ids[B,L], *state) -> logits[B,V]` that writes the new State into `state`.
 
-    kind: "prefill" (fresh state), "prefill_cont" (continuing a state) or "decode" (L = 1)."""
+    kind: "prefill" (fresh state), "prefill_cont" (continuing a state) or "decode" (L = 1).
+    kernels: the edgeports.kernels implementation of decode's SSM step ops (decode_kernels; None: custom ops)."""
 
-    def __init__(self, lm: LM, kind: str):
+    def __init__(self, lm: LM, kind: str, kernels: str | None = None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown program kind {kind!r}")
         self.lm = lm
         self.kind = kind
+        self.kernels = kernels
+        if kernels is not None:  # checked (and its availability cached) before tracing: see kernels.get_impl
+            get_impl(kernels)
 
     def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
         if self.kind == "decode":
-            logits, new = self.lm.decode(ids, state)
+            # custom ops update the states in place (nothing to copy back); inlined step math is copied back,
+            # which Inductor fuses into the kernel that computes it
+            logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None)
         else:
             logits, new = self.lm.prefill(ids, state, first=self.kind == "prefill")
         for old, cur in zip(state, new, strict=True):
@@ -173,8 +196,9 @@ def example_inputs(lm: LM, kind: str, batch: int, max_len: int,
     return ids, lm.new_state(batch, s, device)
 
 
-def export_program(lm: LM, kind: str, batch: int, max_len: int) -> torch.export.ExportedProgram:
-    """torch.export of InPlaceStep(lm, kind): L dynamic in [2, max_len] (prefill kinds), S dims dynamic."""
+def export_program(lm: LM, kind: str, batch: int, max_len: int,
+                   kernels: str | None = None) -> torch.export.ExportedProgram:
+    """torch.export of InPlaceStep(lm, kind, kernels): L dynamic in [2, max_len] (prefill kinds), S dims dynamic."""
     device = lm.head_device()
     ids, state = example_inputs(lm, kind, batch, max_len, device)
     s_dim = torch.export.Dim("state_len", min=2, max=max_len)  # not "S": sympy reads that as its S
@@ -182,7 +206,7 @@ def export_program(lm: LM, kind: str, batch: int, max_len: int) -> torch.export.
     dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
                  for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
-        ep = torch.export.export(InPlaceStep(lm, kind), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
+        ep = torch.export.export(InPlaceStep(lm, kind, kernels), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
     if ids_dims is not None:
         _check_prefill_range(ep, max_len)
     return finite_op_args(ep)
@@ -216,6 +240,15 @@ def _is_edgeports_op(node: torch.fx.Node) -> bool:
     return isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "edgeports"
 
 
+def _functionalized_edgeports_op(node: torch.fx.Node) -> torch._ops.OpOverload | None:
+    """The in-place `edgeports::` op a functionalization wrapper node (auto_functionalized) calls, if any."""
+    if isinstance(node.target, torch._ops.HigherOrderOperator) and node.target.name().startswith("auto_functionalized"):
+        op = node.args[0] if node.args else None
+        if isinstance(op, torch._ops.OpOverload) and op.namespace == "edgeports":
+            return op
+    return None
+
+
 def finite_op_args(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Replace infinite float arguments of the `edgeports::` nodes (ssd_chunk_scan's dt_max=inf) by the
     float32 maximum, in place. AOTInductor stores custom-op calls as JSON, which has no inf (the package
@@ -234,12 +267,15 @@ def finite_op_args(ep: torch.export.ExportedProgram) -> torch.export.ExportedPro
 
 
 def graph_ops(ep: torch.export.ExportedProgram) -> dict[str, int]:
-    """Counts of the `edgeports::` custom-op nodes and of loop/branch higher-order ops in a program."""
+    """Counts of the `edgeports::` custom-op nodes (in-place ones through their functionalization wrapper) and
+    of loop/branch higher-order ops in a program."""
     out: dict[str, int] = {}
     for node in ep.graph.nodes:
         if node.op != "call_function":
             continue
-        if isinstance(node.target, torch._ops.HigherOrderOperator):
+        if (inplace := _functionalized_edgeports_op(node)) is not None:
+            name = inplace.name()
+        elif isinstance(node.target, torch._ops.HigherOrderOperator):
             name = f"hop::{node.target.name()}"
         elif _is_edgeports_op(node):
             name = node.target.name()
@@ -404,6 +440,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     # checked before any work, in both modes
     fuse, kinds, weights = fuses(options), kinds_of(options), weights_mode(options)
     freezes(options)
+    step_kernels = decode_kernels(options)
     if mode_of(options) == "jit":
         from edgeports.exporters import eager
 
@@ -413,17 +450,18 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     t0 = time.perf_counter()
     spec = resolve_spec(source)
     # model code: imported here, not when runners/compile.py imports this module
-    from edgeports.models.fuse import fuse_projections, has_unfused_projections
+    from edgeports.models.fuse import fold_constants, fuse_projections, has_unfolded_constants, has_unfused_projections
 
     if isinstance(source, LM):
         lm = source
         options = lm_options(lm, options, device=str(lm.head_device()))
-        if fuse and has_unfused_projections(lm):
-            lm = copy.deepcopy(lm)  # fusing renames weights: never change the caller's LM
+        if fuse and (has_unfused_projections(lm) or has_unfolded_constants(lm)):
+            lm = copy.deepcopy(lm)  # fusing renames weights, folding adds buffers: never change the caller's LM
     else:
         lm = build_lm(spec, options)
     if fuse:
         fuse_projections(lm)
+        fold_constants(lm)
     # what the weight names are, not what was asked: an LM handed in may come fused (a JIT runner's) with fuse off
     fused_names = not has_unfused_projections(lm)
     lm.requires_grad_(False).eval()
@@ -436,7 +474,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         for kind in kinds:
             t = time.perf_counter()
             with reported(spec, f"torch.export of the {kind} program"):
-                ep = export_program(lm, kind, batch, max_len)
+                ep = export_program(lm, kind, batch, max_len, step_kernels)
             t_export = time.perf_counter() - t
             with reported(spec, f"AOTInductor compile of the {kind} program"):
                 compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device), share)

@@ -41,6 +41,7 @@ from edgeports.exporters.compile import (
     PROGRAMS_FILE,
     WEIGHTS_FILE,
     InPlaceStep,
+    decode_kernels,
     failure,
     freezes,
     fuses,
@@ -51,6 +52,7 @@ from edgeports.exporters.compile import (
 )
 from edgeports.exporters.compile import available as exporter_available
 from edgeports.models import torch_dtype
+from edgeports.models.lm import FOLDED_PREFIX
 from edgeports.runners.base import DEFAULT_HEADROOM, Capabilities, StepRunner, Unsupported
 
 NAME = "compile"
@@ -146,7 +148,10 @@ class CompiledRunner(StepRunner):
         graph_ids = ids.clone()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=self._stream):  # records only: the state does not advance
+            # a recompile inside a capture would do host-device copies there and fail it half-way, which leaves
+            # torch's CUDA RNG marked as capturing (every later random op on the device raises): refuse it first
+            with torch.compiler.set_stance("fail_on_recompile"), \
+                    torch.cuda.graph(graph, stream=self._stream):  # records only: the state does not advance
                 logits = self.call("decode", graph_ids, state).float()
         except Exception as e:  # noqa: BLE001 - stay on plain calls and say why
             self.graphs = False
@@ -172,24 +177,26 @@ class JitRunner(CompiledRunner):
     """Our LM compiled with torch.compile in this process (see the module docstring)."""
 
     def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True,
-                 freeze: bool = False):
-        """Compiles `lm` (its q/k/v and gate/up projections fused in place when `fuse`, see
-        edgeports.models.fuse: pass a copy to keep the original; on CUDA its decode step with the weights
-        frozen into it when `freeze`, see exporters/compile.freezes)."""
-        from edgeports.models.fuse import fuse_projections
+                 freeze: bool = False, step_kernels: str | None = None):
+        """Compiles `lm` (its q/k/v and gate/up projections fused and its SSM constants folded in place when
+        `fuse`, see edgeports.models.fuse: pass a copy to keep the original; on CUDA its decode step with the weights
+        frozen into it when `freeze`, see exporters/compile.freezes; decode's SSM step ops by the edgeports.kernels
+        implementation `step_kernels`, see exporters/compile.decode_kernels)."""
+        from edgeports.models.fuse import fold_constants, fuse_projections
 
         lm.requires_grad_(False).eval()
         fused = fuse_projections(lm) if fuse else 0
+        folded = fold_constants(lm) if fuse else 0
         kinds = ("prefill", "prefill_cont", "decode") if chunked else ("prefill", "decode")
-        programs = {k: _compiled(InPlaceStep(lm, k), tuning_of(k, torch.device(device))) for k in kinds}
+        programs = {k: _compiled(InPlaceStep(lm, k, step_kernels), tuning_of(k, torch.device(device))) for k in kinds}
         super().__init__(device, next(lm.parameters()).dtype, programs)
         self.lm = lm
         self.weight_bytes = lm.weight_bytes()
         self._dims = state_len_dims(lm, batch, WARM_STATE_LEN)
         self._compiled: set[str] = set()
-        self._warm = False
         self._freeze = freeze and self.device.type == "cuda"
-        self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused, frozen_decode=self._freeze)
+        self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused, folded_ssm_mixers=folded,
+                         frozen_decode=self._freeze, decode_kernels=step_kernels or "custom")
         t0 = time.perf_counter()
         ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, WARM_LEN), device=self.device)
         with torch.inference_mode():  # settle lazy module attributes before dynamo guards on them
@@ -201,7 +208,6 @@ class JitRunner(CompiledRunner):
         self.close()
         if self.graphs:  # the warm-up's graph went with its buffers; a failed capture keeps its reason
             self.info["cuda_graph"] = "pending (captured after the first decode step)"
-        self._warm = True
 
     def alloc_state(self, batch: int, max_len: int) -> tuple[torch.Tensor, ...]:
         return self.lm.new_state(batch, max_len, self.device)
@@ -220,16 +226,14 @@ class JitRunner(CompiledRunner):
                 raise failure(self.lm.spec, f"torch.compile of the {kind} program", e) from e
             self._compiled.add(kind)
             return out
-        if not self._warm:
-            return super().call(kind, ids, state)
-        try:
+        try:  # each program compiles once, at its first call (a guard that fails later is a bug or a misuse)
             with torch.compiler.set_stance("fail_on_recompile"):
                 return super().call(kind, ids, state)
         except RuntimeError as e:
             if "fail_on_recompile" not in str(e):
                 raise
-            raise EdgeportsError(f"compile (jit): the {kind} call would recompile inside a measurement "
-                                 f"(ids {tuple(ids.shape)}, batch or dtype outside what was compiled at load)") from None
+            raise EdgeportsError(f"compile (jit): the {kind} call would recompile (ids {tuple(ids.shape)}, batch or "
+                                 f"dtype outside what was compiled at load)") from None
 
 
 def _compiled(step: InPlaceStep, options: dict[str, Any]) -> Program:
@@ -289,6 +293,7 @@ class AotRunner(CompiledRunner):
         self._batch, self._art_max_len = artifact.options.batch, artifact.options.max_len
         self.weight_bytes = _tensor_bytes(artifact.file(WEIGHTS_FILE)) * (copies + (1 if shared else 0))
         self.info.update(mode="aot", weights=f"one copy in each of {copies} packages" if copies else meta["weights"],
+                         decode_kernels=artifact.options.get("decode_kernels", "custom"),
                          programs={k: v["ops"] for k, v in meta["programs"].items()})
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -319,10 +324,12 @@ class AotRunner(CompiledRunner):
 
 
 def _tensor_bytes(path) -> int:
-    """The tensor bytes of a safetensors file, from its header alone (u64 length, then JSON)."""
+    """The weight bytes of a safetensors file, from its header alone (u64 length, then JSON): every tensor but
+    the folded copies of parameters (edgeports.models.lm.FOLDED_PREFIX), as LM.weight_bytes counts."""
     with open(path, "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
+               if k != "__metadata__" and not k.rpartition(".")[2].startswith(FOLDED_PREFIX))
 
 
 def _check_compatible(artifact: Artifact, device: torch.device) -> None:
@@ -413,7 +420,8 @@ def load(artifact: Artifact, device: str) -> CompiledRunner:
 
         lm = load_lm(artifact, device)
         return JitRunner(lm, device, artifact.options.batch, chunked="prefill_cont" in kinds_of(artifact.options),
-                         fuse=fuses(artifact.options), freeze=freezes(artifact.options))
+                         fuse=fuses(artifact.options), freeze=freezes(artifact.options),
+                         step_kernels=decode_kernels(artifact.options))
     return AotRunner(artifact, device)
 
 

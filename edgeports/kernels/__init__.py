@@ -16,6 +16,12 @@ Dispatch: `impl="<name>"` calls that implementation directly. `impl=None` uses t
 torch.compile / torch.export / AOTInductor, whose runtime picks triton for CUDA tensors when impl_triton is
 available, else torch. `with use("torch"):` makes tracing see the decomposition instead (the ONNX standard-op
 lowering). The default is a plain module global (read at trace time by dynamo), not thread-local.
+
+In place: the two step ops take `inplace=True`, which writes the new state into the given state tensor and
+returns it (y, state): under "auto" through the mutating custom ops `edgeports::selective_state_update_` /
+`edgeports::causal_conv1d_update_` (an implementation may define `<op>_(...) -> y` that writes the state itself,
+as triton does; otherwise its functional op runs and the state is copied), elsewhere functional + copy. A
+compiled decode step then has no state copy-back of its own. ONNX lowerings keep the functional ops.
 """
 
 from __future__ import annotations
@@ -136,6 +142,18 @@ def _run_auto(op: str, *args):
     return _fresh(getattr(_auto_module(args[0].is_cuda), op)(*args), args)
 
 
+def _run_inplace(op: str, state: torch.Tensor, call: tuple, mod: ModuleType | None = None) -> torch.Tensor:
+    """Run step op `op` (args `call`, in the op's order) writing its new state into `state`; returns y. Uses
+    the implementation's `<op>_` when it has one and the state is dense, else its functional op and a copy."""
+    mod = mod if mod is not None else _auto_module(state.is_cuda)
+    inplace = getattr(mod, op + "_", None)
+    if inplace is not None and state.is_contiguous():
+        return inplace(*call)
+    y, new = getattr(mod, op)(*call)
+    state.copy_(new)
+    return y
+
+
 Tensor = torch.Tensor  # short for the custom-op signatures below
 
 
@@ -163,6 +181,19 @@ def _selective_state_update_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, 
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     return torch.empty_like(x, memory_format=torch.contiguous_format), \
         torch.empty_like(state, dtype=torch.float32, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("edgeports::selective_state_update_", mutates_args=("state",))
+def _selective_state_update_inplace_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                                       D: Tensor | None, z: Tensor | None, dt_bias: Tensor | None,
+                                       dt_softplus: bool) -> Tensor:
+    y = _run_inplace("selective_state_update", state, (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus))
+    return _fresh((y,), (state, x, dt, A, B, C, D, z, dt_bias))[0]
+
+
+@_selective_state_update_inplace_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("edgeports::ssd_chunk_scan", mutates_args=())
@@ -203,6 +234,18 @@ def _(x, conv_state, weight, bias, activation):
         torch.empty_like(conv_state, memory_format=torch.contiguous_format)
 
 
+@torch.library.custom_op("edgeports::causal_conv1d_update_", mutates_args=("conv_state",))
+def _causal_conv1d_update_inplace_op(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None,
+                                     activation: str | None) -> Tensor:
+    y = _run_inplace("causal_conv1d_update", conv_state, (x, conv_state, weight, bias, activation))
+    return _fresh((y,), (x, conv_state, weight, bias))[0]
+
+
+@_causal_conv1d_update_inplace_op.register_fake
+def _(x, conv_state, weight, bias, activation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 # ---- public functions ------------------------------------------------------------------------------
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
                    *, impl=None):
@@ -213,12 +256,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return fn(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, impl=None):
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, impl=None,
+                           inplace=False):
     """One decode step. state: [Bt,H,P,N] f32; x, dt, z: [Bt,H,P]; A: [H,P,N] f32; B, C: [Bt,G,N];
-    D, dt_bias: [H,P] -> (y [Bt,H,P] dtype of x, new_state [Bt,H,P,N] f32)."""
+    D, dt_bias: [H,P] -> (y [Bt,H,P] dtype of x, new_state [Bt,H,P,N] f32). inplace: new_state is `state`,
+    written (float32 state required)."""
     mod = _resolve(impl)
+    args = (state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    if inplace:
+        _check_inplace_state(state, torch.float32)
+        y = torch.ops.edgeports.selective_state_update_(*args) if mod is None else \
+            _run_inplace("selective_state_update", state, args, mod)
+        return y, state
     fn = torch.ops.edgeports.selective_state_update if mod is None else mod.selective_state_update
-    return fn(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    return fn(*args)
 
 
 def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_min=0.0,
@@ -241,12 +292,23 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, *, 
     return fn(x, weight, bias, initial_state, activation)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, *, impl=None):
-    """One step of causal_conv1d. x: [Bt,D]; conv_state: [Bt,D,W-1] -> (y [Bt,D], new_conv_state [Bt,D,W-1])."""
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, *, impl=None, inplace=False):
+    """One step of causal_conv1d. x: [Bt,D]; conv_state: [Bt,D,W-1] -> (y [Bt,D], new_conv_state [Bt,D,W-1]).
+    inplace: new_conv_state is `conv_state`, written."""
     _check_activation(activation)
     mod = _resolve(impl)
+    args = (x, conv_state, weight, bias, activation)
+    if inplace:
+        y = torch.ops.edgeports.causal_conv1d_update_(*args) if mod is None else \
+            _run_inplace("causal_conv1d_update", conv_state, args, mod)
+        return y, conv_state
     fn = torch.ops.edgeports.causal_conv1d_update if mod is None else mod.causal_conv1d_update
-    return fn(x, conv_state, weight, bias, activation)
+    return fn(*args)
+
+
+def _check_inplace_state(state: torch.Tensor, dtype: torch.dtype) -> None:
+    if state.dtype != dtype:
+        raise EdgeportsError(f"an in-place step needs a {dtype} state (the op's new state), got {state.dtype}")
 
 
 def _check_activation(activation):

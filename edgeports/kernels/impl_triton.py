@@ -21,8 +21,8 @@ import torch
 
 from edgeports.errors import EdgeportsError
 
-__all__ = ["IMPL", "available", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update",
-           "ssd_chunk_scan"]
+__all__ = ["IMPL", "available", "causal_conv1d", "causal_conv1d_update", "causal_conv1d_update_", "selective_scan",
+           "selective_state_update", "selective_state_update_", "ssd_chunk_scan"]
 
 IMPL = "triton"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -84,6 +84,13 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         return _kernels("scan").selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
+def selective_state_update_(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """selective_state_update writing the new state into `state` (contiguous float32); returns y."""
+    with _check("selective_state_update", x, 3, state, dt, A, B, C, D, z, dt_bias):
+        return _kernels("scan").selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                                       out_state=state)[0]
+
+
 def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_min=0.0,
                    dt_max=math.inf, initial_state=None):
     """Mamba2 chunked SSD prefill (see edgeports.kernels.ssd_chunk_scan)."""
@@ -104,3 +111,9 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     """One decode step of causal_conv1d (see edgeports.kernels.causal_conv1d_update)."""
     with _check("causal_conv1d_update", x, 2, conv_state, weight, bias):
         return _kernels("conv").causal_conv1d_update(x, conv_state, weight, bias, activation)
+
+
+def causal_conv1d_update_(x, conv_state, weight, bias=None, activation=None):
+    """causal_conv1d_update writing the new state into `conv_state` (contiguous); returns y."""
+    with _check("causal_conv1d_update", x, 2, conv_state, weight, bias):
+        return _kernels("conv").causal_conv1d_update(x, conv_state, weight, bias, activation, out_state=conv_state)[0]

@@ -135,12 +135,16 @@ def _conv_update_fwd(
              shifted.to(sn_ptr.dtype.element_ty), mask=m_s)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, config: dict | None = None):
-    """Launch _conv_update_fwd; shapes as edgeports.kernels.causal_conv1d_update."""
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, config: dict | None = None,
+                         out_state: torch.Tensor | None = None):
+    """Launch _conv_update_fwd; shapes as edgeports.kernels.causal_conv1d_update. out_state: a contiguous
+    [Bt,D,W-1] to write the new state into (`conv_state` itself for an in-place step: a program reads its
+    channels' window before it writes them)."""
     bt, dim = x.shape
     W = weight.shape[1]
     y = torch.empty((bt, dim), dtype=x.dtype, device=x.device)
-    new_state = torch.empty((bt, dim, W - 1), dtype=conv_state.dtype, device=x.device)
+    new_state = torch.empty((bt, dim, W - 1), dtype=conv_state.dtype, device=x.device) if out_state is None \
+        else out_state
     cfg = dict(dict(BLOCK_D=256, num_warps=4), **(config or {}))
     grid = (triton.cdiv(dim, cfg["BLOCK_D"]), bt)
     _conv_update_fwd[grid](

@@ -257,12 +257,14 @@ def state_update_config(P: int, N: int, total: int) -> dict:
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                           config: dict | None = None):
-    """Launch _state_update_fwd; shapes as edgeports.kernels.selective_state_update (views with stride 0 ok)."""
+                           config: dict | None = None, out_state: torch.Tensor | None = None):
+    """Launch _state_update_fwd; shapes as edgeports.kernels.selective_state_update (views with stride 0 ok).
+    out_state: a contiguous float32 [Bt,H,P,N] to write the new state into (`state` itself for an in-place step:
+    each element is read and written by the same thread)."""
     bt, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
     y = torch.empty((bt, H, P), dtype=x.dtype, device=x.device)
-    new_state = torch.empty((bt, H, P, N), dtype=torch.float32, device=x.device)
+    new_state = torch.empty((bt, H, P, N), dtype=torch.float32, device=x.device) if out_state is None else out_state
     cfg = dict(state_update_config(P, N, bt * H * P * N), **(config or {}))
     grid = (triton.cdiv(P, cfg["BLOCK_P"]), H, bt)
     _state_update_fwd[grid](

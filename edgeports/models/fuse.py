@@ -1,4 +1,6 @@
-"""Fusing parallel projections: q/k/v into one `qkv_proj`, gate/up into one `gate_up_proj`, in place.
+"""Inference-time rewrites of a loaded model, in place: fused parallel projections and folded SSM constants.
+
+Fusing: q/k/v into one `qkv_proj`, gate/up into one `gate_up_proj`.
 
 At decode every projection is a bandwidth-bound GEMV (one row of activations against the whole weight), and
 a GEMV's efficiency grows with its size: one [q|k|v] GEMM reads the same bytes as three but launches one
@@ -6,6 +8,10 @@ kernel with more work per launch. The fused layouts are the ones Phi-3 ships wit
 `GatedMLP(fused=True)`), so the model code has no second path to keep right; only the weight names change
 (`q_proj`, `k_proj`, `v_proj` -> `qkv_proj`; `gate_proj`, `up_proj` -> `gate_up_proj`), which is why weight
 loading (transformers names) happens before fusing, never after.
+
+Folding: the SSM mixers' A = -exp(A_log), D and dt bias in float32 (what their kernels take) stored once as
+buffers (edgeports.models.layers.mamba.fold_ssm_constants). Unfolded, a compiled decode step recomputes them from
+the parameters every token and passes the kernels fresh, fully expanded tensors. The weights keep their names; the buffers are not part of the state dict.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 from torch import nn
 
 from edgeports.models.layers.attention import Attention
+from edgeports.models.layers.mamba import FOLDED_CONSTANTS, fold_ssm_constants
 from edgeports.models.layers.mlp import GatedMLP
 
 
@@ -52,3 +59,25 @@ def fuse_projections(model: nn.Module) -> int:
             continue
         changed += 1
     return changed
+
+
+def _ssm_mixers(model: nn.Module):
+    for module in model.modules():
+        if isinstance(getattr(module, "A_log", None), nn.Parameter):
+            yield module
+
+
+def has_unfolded_constants(model: nn.Module) -> bool:
+    """Whether fold_constants would add buffers to `model` (an SSM mixer without them)."""
+    return any(not hasattr(m, FOLDED_CONSTANTS[0]) for m in _ssm_mixers(model))
+
+
+def fold_constants(model: nn.Module) -> int:
+    """Fold the SSM constants of every mixer of `model` that has them (an `A_log` parameter; the dt bias is
+    `dt_bias` or `dt_proj.bias`, as transformers names them); again after any change of weights or dtype.
+    Returns how many mixers were folded."""
+    folded = 0
+    for module in _ssm_mixers(model):
+        fold_ssm_constants(module, module.dt_bias if hasattr(module, "dt_bias") else module.dt_proj.bias)
+        folded += 1
+    return folded

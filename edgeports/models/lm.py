@@ -5,7 +5,7 @@ This is the only surface exporters and runners rely on:
     lm.state_layout(batch, max_len) -> tuple[StateSlot, ...]
     lm.new_state(batch, max_len)    -> State            (zeros; pos = 0)
     lm.prefill(ids[B,L], state, first=False) -> (logits[B,V], State)
-    lm.decode(ids[B,1], state)               -> (logits[B,V], State)
+    lm.decode(ids[B,1], state, kernels=None, inplace_states=False) -> (logits[B,V], State)
 
 `prefill` continues from any state, so chunked prefill is `prefill` called repeatedly.
 KV caches are written in place (no copy of the cache per step): the returned State may alias the
@@ -33,6 +33,10 @@ from edgeports.models.state import State, StateSlot, layout_bytes
 from edgeports.models.state import new_state as zeros_state
 
 
+# buffers named so are copies of parameters in another form (edgeports.models.fuse.fold_constants), not weights
+FOLDED_PREFIX = "folded_"
+
+
 @dataclass
 class Ctx:
     """Per-call facts every block may need. Built once per prefill/decode by the LM."""
@@ -41,6 +45,8 @@ class Ctx:
     seq_len: int  # L of this call (1 for decode)
     first: bool  # prefill of a fresh state
     decode: bool
+    kernels: str | None = None  # the edgeports.kernels implementation of this call's SSM ops; None: the default
+    inplace_states: bool = False  # decode's SSM step ops write the conv/SSM states into the given tensors
     extras: dict[str, Any] = field(default_factory=dict)  # arch-specific (e.g. Zamba2's original embeddings)
 
     def positions(self) -> torch.Tensor:
@@ -95,9 +101,12 @@ class LM(nn.Module):
         return layout_bytes(self.state_layout(batch, max_len), kinds)
 
     def weight_bytes(self) -> int:
-        """Exact bytes of parameters and buffers that are weights (shared tensors counted once)."""
+        """Exact bytes of parameters and buffers that are weights (shared tensors counted once; folded copies of
+        parameters are not weights)."""
         seen, total = set(), 0
-        for t in list(self.parameters()) + [b for _, b in self.named_buffers() if b.is_floating_point()]:
+        buffers = [b for n, b in self.named_buffers()
+                    if b.is_floating_point() and not n.rpartition(".")[2].startswith(FOLDED_PREFIX)]
+        for t in list(self.parameters()) + buffers:
             if _storage_key(t) in seen:
                 continue
             seen.add(_storage_key(t))
@@ -136,9 +145,11 @@ class LM(nn.Module):
         """Last-position hidden x[B,H] -> logits[B,V] (float32). Archs override for multipliers."""
         return self.head(self.norm(x)).float()
 
-    def _run(self, ids: torch.Tensor, state: State, first: bool, decode: bool) -> tuple[torch.Tensor, State]:
+    def _run(self, ids: torch.Tensor, state: State, first: bool, decode: bool, kernels: str | None = None,
+             inplace_states: bool = False) -> tuple[torch.Tensor, State]:
         pos = state[-1]
-        ctx = Ctx(pos=pos, seq_len=ids.shape[1], first=first, decode=decode)
+        ctx = Ctx(pos=pos, seq_len=ids.shape[1], first=first, decode=decode, kernels=kernels,
+                  inplace_states=inplace_states)
         x = self.embed_tokens(ids, ctx)  # [B,L,H]
         new_state: list[torch.Tensor] = []
         for block, states in zip(self.blocks, self._split(state), strict=True):
@@ -151,9 +162,13 @@ class LM(nn.Module):
         """ids[B,L] -> (logits[B,V] of the last position, State advanced by L)."""
         return self._run(ids, state, first=first, decode=False)
 
-    def decode(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """ids[B,1] -> (logits[B,V], State advanced by 1). Static shapes for a given (batch, max_len)."""
-        return self._run(ids, state, first=False, decode=True)
+    def decode(self, ids: torch.Tensor, state: State, kernels: str | None = None,
+               inplace_states: bool = False) -> tuple[torch.Tensor, State]:
+        """ids[B,1] -> (logits[B,V], State advanced by 1). Static shapes for a given (batch, max_len).
+        kernels: the edgeports.kernels implementation of the SSM step ops (None: the module's default);
+        inplace_states: those ops write the new conv/SSM states into `state`'s tensors, which come back as
+        they are (edgeports.kernels' in-place ops: no copy-back for a caller that keeps the State in place)."""
+        return self._run(ids, state, first=False, decode=True, kernels=kernels, inplace_states=inplace_states)
 
     def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat form for exporters: prefill from any state, returning (logits, *state)."""

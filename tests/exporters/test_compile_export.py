@@ -104,7 +104,7 @@ def test_aot_artifact(aot, name):
         ops = prog["ops"]
         assert not [k for k in ops if k.startswith("hop::")], f"{kind} holds loops or branches: {ops}"
         if kind == "decode":
-            expected = {"edgeports::causal_conv1d_update": n, "edgeports::selective_state_update": n}
+            expected = {"edgeports::causal_conv1d_update_": n, "edgeports::selective_state_update_": n}
         else:
             expected = {"edgeports::causal_conv1d": n, f"edgeports::{scan}": n}
         assert ops == {k: v for k, v in expected.items() if v}, kind
@@ -292,6 +292,23 @@ def test_unfused_export_through_the_runner(tmp_path):
     ids = torch.randint(0, 256, (1, 21))
     assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
     assert rel_err(runner.decode(3), ref.decode(3)) < TOL
+
+
+def test_inline_decode_kernels(tmp_path):
+    """--opt decode_kernels=inline: decode holds no edgeports:: node (the step math is traced in), prefill
+    keeps its ops; the packages match eager."""
+    options = ExportOptions(dtype="float32", max_len=MAX_LEN, extra=(("chunked", False), ("decode_kernels", "inline")))
+    art = read_artifact(cexport.export(get_spec("tiny-mamba2"), tmp_path / "a", options).path, backend="compile")
+    ops = {k: p["ops"] for k, p in json.loads(art.file(cexport.PROGRAMS_FILE).read_text())["programs"].items()}
+    n = art.spec.config["num_hidden_layers"]
+    assert ops == {"decode": {}, "prefill": {"edgeports::causal_conv1d": n, "edgeports::ssd_chunk_scan": n}}
+    runner = crun.load(art, "cpu")
+    assert runner.info["decode_kernels"] == "inline"
+    ref = eager.EagerRunner(crun.parity_reference(runner), "cpu")
+    ids = torch.randint(0, 256, (1, 21))
+    assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
+    for _ in range(2):
+        assert rel_err(runner.decode(3), ref.decode(3)) < TOL
 
 
 @pytest.mark.parametrize("key, default", [("fuse", True), ("freeze", False)])

@@ -125,6 +125,39 @@ def test_opaque_under_export(name, args, shapes):
     assert [str(n.target) for n in ours] == [f"edgeports.{name}.default"]
 
 
+STEPS = [c for c in CASES if c[0] in ("selective_state_update", "causal_conv1d_update")]
+STATE_ARG = {"selective_state_update": 0, "causal_conv1d_update": 1}
+
+
+@pytest.mark.parametrize("impl", [None, "torch", "ref"])
+@pytest.mark.parametrize("name,args,shapes", STEPS, ids=[c[0] for c in STEPS])
+def test_inplace_step_writes_the_state_it_was_given(name, args, shapes, impl):
+    fn, i = getattr(K, name), STATE_ARG[name]
+    for a in (args, _without_optionals(name, args)):
+        y, new = fn(*a, impl=impl)
+        state = a[i].clone()
+        y_in, out = fn(*a[:i], state, *a[i + 1:], impl=impl, inplace=True)
+        assert out is state
+        _assert_all_close((y_in, state), (y, new))
+    if name == "selective_state_update":
+        with pytest.raises(EdgeportsError, match="float32 state"):
+            fn(args[0].double(), *args[1:], inplace=True)
+
+
+@pytest.mark.parametrize("name,args,shapes", STEPS, ids=[c[0] for c in STEPS])
+def test_inplace_op_opcheck_and_compile(name, args, shapes):
+    """The mutating ops: schema and fake checked, and one opaque node under compile that mutates its input."""
+    op = getattr(torch.ops.edgeports, name + "_").default
+    fixed = tuple(bool(a) if isinstance(a, bool) else a for a in args)
+    torch.library.opcheck(op, fixed, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    i = STATE_ARG[name]
+    want_y, want_state = getattr(K, name)(*args, impl="ref")
+    state = args[i].clone()
+    torch._dynamo.reset()
+    step = torch.compile(lambda s: getattr(K, name)(*args[:i], s, *args[i + 1:], inplace=True)[0], fullgraph=True)
+    _assert_all_close((step(state), state), (want_y, want_state))
+
+
 def test_use_sets_the_default(monkeypatch):
     name, args, _ = CASES[0]
     calls = []

@@ -107,6 +107,9 @@ def check_update(impl, case, tol):
     yr, sr = impl_ref.selective_state_update(**c)
     assert y.dtype == case["x"].dtype and s.dtype == torch.float32
     assert _rel(y, yr) < tol and _rel(s, sr) < tol
+    state = case["state"].float().contiguous()  # the in-place step writes the same numbers where the state is
+    y_in = impl.selective_state_update_(**{**case, "state": state})
+    assert torch.equal(y_in, y) and torch.equal(state, s)
 
 
 def check_conv(impl, case, tol):
@@ -119,6 +122,8 @@ def check_conv(impl, case, tol):
     y1, s1 = impl.causal_conv1d_update(x1, st, case["weight"], case["bias"], case["activation"])
     y1r, s1r = impl_ref.causal_conv1d_update(*_f64(x1, st, case["weight"], case["bias"]), case["activation"])
     assert _rel(y1, y1r) < tol and _rel(s1, s1r) < tol
+    y_in = impl.causal_conv1d_update_(x1, st, case["weight"], case["bias"], case["activation"])
+    assert torch.equal(y_in, y1) and torch.equal(st, s1)
 
 
 def check_chunked(impl, op, case, split, seq_dim):

@@ -1,4 +1,5 @@
-"""fuse_projections: the fused model computes what the unfused one does (prefill and decode), on fresh weights."""
+"""fuse_projections and fold_constants: the rewritten model computes what the original does (prefill and decode),
+on fresh weights."""
 
 import copy
 
@@ -6,9 +7,61 @@ import pytest
 import torch
 
 from edgeports.models import build, get_spec
-from edgeports.models.fuse import fuse_projections
+from edgeports.models.fuse import fold_constants, fuse_projections, has_unfolded_constants
 from edgeports.models.layers.attention import Attention
 from edgeports.models.layers.mlp import GatedMLP
+
+
+def _run(lm, ids, steps=3):
+    """Prefill logits, then `steps` greedy decode logits, and the final state."""
+    out = []
+    with torch.inference_mode():
+        logits, state = lm.prefill(ids, lm.new_state(1, 40, "cpu"), first=True)
+        out.append(logits)
+        for _ in range(steps):
+            logits, state = lm.decode(logits.argmax(-1, keepdim=True), state)
+            out.append(logits)
+    return out, state
+
+
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2", "tiny-falcon-h1", "tiny-zamba2", "tiny-hymba"])
+def test_folded_constants_match_parameters(name):
+    torch.manual_seed(1)
+    lm = build(get_spec(name), dtype="float32", seed=int(torch.randint(0, 2**31, ()).item()))
+    with torch.no_grad():  # A_log, D and the dt bias away from their regular init, so a mix-up would show
+        for n, p in lm.named_parameters():
+            if n.endswith(("A_log", ".D", "dt_bias", "dt_proj.bias")):
+                p.add_(torch.randn_like(p) * 0.3)
+    folded = copy.deepcopy(lm)
+    assert has_unfolded_constants(folded)
+    n = fold_constants(folded)
+    assert n == sum(1 for m in lm.modules() if isinstance(getattr(m, "A_log", None), torch.nn.Parameter)) > 0
+    assert not has_unfolded_constants(folded)
+    assert folded.state_dict().keys() == lm.state_dict().keys()  # buffers, not weights
+    assert folded.weight_bytes() == lm.weight_bytes()
+    ids = torch.randint(0, lm.spec.config["vocab_size"], (1, 23))
+    (ref, ref_state), (got, got_state) = _run(lm, ids), _run(folded, ids)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    for a, b in zip(ref_state, got_state, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    # folded models read the buffers, not the parameters, until folded again
+    with torch.no_grad():
+        for m in folded.modules():
+            if isinstance(getattr(m, "A_log", None), torch.nn.Parameter):
+                m.A_log.add_(1.0)
+    _, stale = _run(folded, ids)
+    for a, b in zip(ref_state, stale, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    fold_constants(folded)
+    _, fresh = _run(folded, ids)
+    assert any(not torch.allclose(b, a, rtol=1e-3, atol=1e-3) for a, b in zip(ref_state, fresh, strict=True))
+    # a cast of the model keeps the constants the kernels take in float32
+    half = copy.deepcopy(folded).to(torch.bfloat16)
+    mixer = next(m for m in half.modules() if hasattr(m, "folded_A"))
+    from edgeports.models.layers.mamba import ssm_constants
+
+    assert all(t.dtype == torch.float32 for t in ssm_constants(mixer, mixer.D))
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-phi3", "tiny-falcon-h1", "tiny-zamba2", "tiny-hymba"])

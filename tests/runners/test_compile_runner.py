@@ -64,6 +64,20 @@ def test_jit_parity_with_eager(jit, name):
     assert runner.weight_bytes == ref.weight_bytes
 
 
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-hymba"])
+def test_jit_inline_decode_kernels(name):
+    """decode_kernels=inline (the SSM step math traced into the decode program) matches eager, with the
+    states written in place across steps."""
+    lm = build(spec_of(name), dtype="float32")
+    ref = EagerRunner(copy.deepcopy(lm), "cpu")
+    runner = crun.JitRunner(lm, "cpu", batch=1, chunked=False, step_kernels="torch")
+    assert runner.info["decode_kernels"] == "torch"
+    ids = torch.randint(0, lm.spec.config["vocab_size"], (1, 17))
+    assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
+    for _ in range(3):
+        assert rel_err(runner.decode(4), ref.decode(4)) < TOL
+
+
 @pytest.mark.parametrize("name", CHUNKED)
 def test_jit_chunked_prefill(jit, name):
     """Continuing prefill; 1-token chunks and prompts run the decode program (no new compilation)."""
@@ -127,11 +141,14 @@ def test_compile_failure_names_arch_and_op(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["jit", "aot"])
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-mamba2"])
-def test_cuda_graph_decode(tmp_path, mode, name):
+@pytest.mark.parametrize("mode, kernels", [("jit", "custom"), ("aot", "custom"), ("jit", "inline")])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-mamba", "tiny-mamba2"])
+def test_cuda_graph_decode(tmp_path, mode, kernels, name):
     """On CUDA the decode step is captured after its first plain call and replayed; logits match eager."""
-    options = ExportOptions(dtype="float32", max_len=128, device="cuda", extra=(("mode", mode),))
+    if kernels == "inline" and name == "tiny-llama":
+        pytest.skip("no SSM step ops")
+    options = ExportOptions(dtype="float32", max_len=128, device="cuda",
+                            extra=(("mode", mode), ("decode_kernels", kernels)))
     runner = crun.load(cexport.export(get_spec(name), tmp_path / "a", options), "cuda")
     ref = EagerRunner(crun.parity_reference(runner), "cuda")
     for length in (37, 64):

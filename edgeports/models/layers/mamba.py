@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeports import kernels
-from edgeports.models.lm import Block, Ctx
+from edgeports.models.lm import FOLDED_PREFIX, Block, Ctx
 from edgeports.models.state import StateSlot
 
 
@@ -29,9 +29,37 @@ def run_conv(conv: nn.Conv1d, x: torch.Tensor, state: torch.Tensor, ctx: Ctx) ->
     """Causal depthwise conv + SiLU over x[B,C,L] continuing `state` [B,C,W-1] -> (y[B,C,L], new state)."""
     weight = conv.weight[:, 0]  # [C,W]
     if ctx.decode:
-        y, state = kernels.causal_conv1d_update(x[:, :, 0], state, weight, conv.bias, "silu")
+        y, state = kernels.causal_conv1d_update(x[:, :, 0], state, weight, conv.bias, "silu", impl=ctx.kernels,
+                                                inplace=ctx.inplace_states)
         return y[:, :, None], state
     return kernels.causal_conv1d(x, weight, conv.bias, None if ctx.first else state, "silu")
+
+
+FOLDED_CONSTANTS = tuple(FOLDED_PREFIX + n for n in ("A", "D", "dt_bias"))
+
+
+def ssm_constants(m: nn.Module, dt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A = -exp(A_log), D, dt bias) in float32, as the scan kernels take them, for a mixer `m` with `A_log`
+    and `D` parameters: the buffers fold_ssm_constants stored, else computed from the parameters (which a
+    compiled decode step would otherwise recompute, and hand to the kernels as fresh tensors, every token)."""
+    if hasattr(m, FOLDED_CONSTANTS[0]):
+        return tuple(getattr(m, name).float() for name in FOLDED_CONSTANTS)  # stays float32 if the model is cast
+    return _constants_of_parameters(m, dt_bias)
+
+
+def _constants_of_parameters(m: nn.Module, dt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return -torch.exp(m.A_log.float()), m.D.float(), dt_bias.float()
+
+
+def fold_ssm_constants(m: nn.Module, dt_bias: torch.Tensor) -> None:
+    """Store the constants of ssm_constants(m, dt_bias), computed from the parameters now, as non-persistent
+    float32 buffers of `m` (FOLDED_CONSTANTS), read from then on instead of the parameters: call it after the
+    weights are loaded and the dtype is set, and again if they change (edgeports.models.fuse.fold_constants
+    does it for a whole model)."""
+    with torch.no_grad():
+        values = [t.float().clone() for t in _constants_of_parameters(m, dt_bias)]
+    for name, value in zip(FOLDED_CONSTANTS, values, strict=True):
+        m.register_buffer(name, value, persistent=False)
 
 
 def inverse_softplus_dt(n: int, lo: float = 1e-3, hi: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
@@ -90,12 +118,13 @@ def selective_ssm(m: nn.Module, xs: torch.Tensor, z: torch.Tensor, ssm_state: to
     if norms is not None:
         ts, B, C = norms[0](ts), norms[1](B), norms[2](C)
     dt = (ts @ m.dt_proj.weight.t()).transpose(1, 2)  # [B,D,L]: the bias goes to the scan
-    A = -torch.exp(m.A_log.float())  # [D,N]
-    D, dt_bias = m.D.float(), m.dt_proj.bias.float()
+    A, D, dt_bias = ssm_constants(m, m.dt_proj.bias)  # A [D,N]; D, dt_bias [D]
     if ctx.decode:  # one step: H=1 head of P=D_inner channels, one group; B, C [B,1,N] as they are
         y, ssm = kernels.selective_state_update(ssm_state[:, None], xs.transpose(1, 2), dt.transpose(1, 2),
-                                                A[None], B, C, D[None], z.transpose(1, 2), dt_bias[None], True)
-        return y.transpose(1, 2), ssm[:, 0]  # [B,D,1], [B,D,N]
+                                                A[None], B, C, D[None], z.transpose(1, 2), dt_bias[None], True,
+                                                impl=ctx.kernels, inplace=ctx.inplace_states)
+        # in place, the state tensor itself goes back (a caller keeping the State in place sees nothing to copy)
+        return y.transpose(1, 2), ssm_state if ctx.inplace_states else ssm[:, 0]  # [B,D,1], [B,D,N]
     return kernels.selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias,
                                   True, None if ctx.first else ssm_state)
 

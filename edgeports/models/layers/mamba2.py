@@ -5,6 +5,7 @@
     xBC -> causal conv1d (silu) -> [x | B | C]
     y = ssd_chunk_scan(x, dt, A = -exp(A_log), B, C, D, dt_bias, softplus, clamp(dt_min, dt_max))
     y = norm(y, z)  (gated RMSNorm)   or   y * silu(z)  (norm=None, fused into the scan)  ->  out_proj
+    (a norm that gates first, rmsnorm(y * silu(z)), gets the scan's gated y and no z: the same function)
 
 State slots: "conv" [B, conv_dim, W-1] (model dtype; conv_dim = d_inner + 2 G N) and "ssm" [B, H, P, N]
 (float32). Decode runs causal_conv1d_update + selective_state_update with per-head A / D / dt_bias expanded
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from edgeports import kernels
-from edgeports.models.layers.mamba import conv_slot, depthwise_conv, inverse_softplus_dt, run_conv
+from edgeports.models.layers.mamba import conv_slot, depthwise_conv, inverse_softplus_dt, run_conv, ssm_constants
 from edgeports.models.lm import Ctx
 from edgeports.models.state import StateSlot
 
@@ -70,15 +71,17 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)
         xBC, conv_state = run_conv(self.conv1d, xBC.transpose(1, 2), conv_state, ctx)  # [B,conv_dim,L]
         xs, B, C = xBC.transpose(1, 2).split([self.d_inner, G * N, G * N], dim=-1)
-        A = -torch.exp(self.A_log.float())  # [H]
-        D, dt_bias = self.D.float(), self.dt_bias.float()
-        gate = None if self.norm is not None else z  # without a norm, the scan applies silu(z)
+        A, D, dt_bias = ssm_constants(self, self.dt_bias)  # [H] each
+        # the scan applies y * silu(z) where that comes first: without a norm, or a gated norm that gates before it
+        # normalises (Mamba2, Zamba2): the norm then reads the kernel's gated output, not y and z again
+        gate_in_scan = self.norm is None or not getattr(self.norm, "norm_before_gate", True)
+        gate = z if gate_in_scan else None
         if ctx.decode:
             y, ssm_state = kernels.selective_state_update(
                 ssm_state, xs.reshape(bt, H, P), dt.reshape(bt, H, 1).expand(bt, H, P),
                 A[:, None, None].expand(H, P, N), B.reshape(bt, G, N), C.reshape(bt, G, N),
                 D[:, None].expand(H, P), None if gate is None else gate.reshape(bt, H, P),
-                dt_bias[:, None].expand(H, P), True)
+                dt_bias[:, None].expand(H, P), True, impl=ctx.kernels, inplace=ctx.inplace_states)
         else:
             y, ssm_state = kernels.ssd_chunk_scan(
                 xs.reshape(bt, L, H, P), dt, A, B.reshape(bt, L, G, N), C.reshape(bt, L, G, N), self.chunk_size,
@@ -86,5 +89,5 @@ class Mamba2Mixer(nn.Module):
                 None if ctx.first else ssm_state)
         y = y.reshape(bt, L, self.d_inner)
         if self.norm is not None:
-            y = self.norm(y, z)
+            y = self.norm(y, None if gate_in_scan else z)
         return self.out_proj(y.to(x.dtype)), [conv_state, ssm_state]
