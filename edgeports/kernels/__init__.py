@@ -1,6 +1,6 @@
 """SSM kernels: the op contract (notes/KERNELS.md), implementation discovery and dispatch.
 
-Five functional ops (no input is mutated; SSM states are float32):
+Five functional ops (no input is mutated; SSM states are float32; the two step ops also come in place, below):
     selective_scan          Mamba1 prefill           u[Bt,D,L] -> (y[Bt,D,L], state[Bt,D,N])
     selective_state_update  Mamba1/2 decode step     x[Bt,H,P] -> (y[Bt,H,P], state[Bt,H,P,N])
     ssd_chunk_scan          Mamba2 prefill (SSD)     x[Bt,L,H,P] -> (y[Bt,L,H,P], state[Bt,H,P,N])
