@@ -450,7 +450,12 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     t0 = time.perf_counter()
     spec = resolve_spec(source)
     # model code: imported here, not when runners/compile.py imports this module
-    from edgeports.models.fuse import fold_constants, fuse_projections, has_unfolded_constants, has_unfused_projections
+    from edgeports.models.fuse import (
+        fold_constants,
+        fuse_projections,
+        has_unfolded_constants,
+        has_unfused_projections,
+    )
 
     if isinstance(source, LM):
         lm = source

@@ -10,8 +10,9 @@ kernel with more work per launch. The fused layouts are the ones Phi-3 ships wit
 loading (transformers names) happens before fusing, never after.
 
 Folding: the SSM mixers' A = -exp(A_log), D and dt bias in float32 (what their kernels take) stored once as
-buffers (edgeports.models.layers.mamba.fold_ssm_constants). Unfolded, a compiled decode step recomputes them from
-the parameters every token and passes the kernels fresh, fully expanded tensors. The weights keep their names; the buffers are not part of the state dict.
+buffers (edgeports.models.layers.mamba.fold_ssm_constants). Unfolded, a compiled decode step recomputes them
+from the parameters every token and passes the kernels fresh, fully expanded tensors. The weights keep their
+names; the buffers are not part of the state dict.
 """
 
 from __future__ import annotations

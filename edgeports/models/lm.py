@@ -32,7 +32,6 @@ from edgeports.models.spec import ModelSpec
 from edgeports.models.state import State, StateSlot, layout_bytes
 from edgeports.models.state import new_state as zeros_state
 
-
 # buffers named so are copies of parameters in another form (edgeports.models.fuse.fold_constants), not weights
 FOLDED_PREFIX = "folded_"
 

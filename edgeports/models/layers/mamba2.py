@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from edgeports import kernels
-from edgeports.models.layers.mamba import conv_slot, depthwise_conv, inverse_softplus_dt, run_conv, ssm_constants
+from edgeports.models.layers.mamba import (
+    conv_slot,
+    depthwise_conv,
+    inverse_softplus_dt,
+    run_conv,
+    ssm_constants,
+)
 from edgeports.models.lm import Ctx
 from edgeports.models.state import StateSlot
 
