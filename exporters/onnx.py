@@ -199,9 +199,10 @@ def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names: l
     layers trace as one edgeports_onnx custom op each, which becomes a com.microsoft GroupQueryAttention."""
     from edgeports import kernels
     from edgeports.exporters import onnx_custom
+    from edgeports.models.layers.norm import onnx_form
 
     gqa = onnx_custom.gqa_attention(module) if attention == "gqa" else contextlib.nullcontext()
-    with _quiet(), kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad(), gqa:
+    with _quiet(), kernels.use("torch" if lowering == "standard" else "auto"), torch.no_grad(), gqa, onnx_form():
         program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
         table = {**(onnx_custom.translation_table() if lowering == "custom" else {}),
                  **(onnx_custom.gqa_translation_table() if attention == "gqa" else {})} or None

@@ -105,6 +105,24 @@ def _check(runner, ref, ids, chunk=None, steps=4, tol=1e-4):
     return errs
 
 
+@pytest.mark.parametrize("name", ["tiny-llama"])
+def test_rms_norms_fuse_into_one_node(exports, name, tmp_path):
+    """ONNX Runtime's graph optimizer turns every exported RMSNorm into SimplifiedLayerNormalization (norm.py's
+    division form is the pattern it matches): one kernel per norm, not seven elementwise ones."""
+    import onnx
+    import onnxruntime as ort
+
+    art = exports.get(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(art.file("prefill.onnx")), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
+    norms = 2 * art.spec.config["num_hidden_layers"] + 1  # before attention, before the MLP; the final one
+    assert ops.count("SimplifiedLayerNormalization") == norms, sorted(set(ops))
+    assert "Reciprocal" not in ops and "ReduceMean" not in ops
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_prefill_and_decode_match_eager(exports, name):
     art, runner, ref = _runner(exports, name)

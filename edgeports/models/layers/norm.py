@@ -5,14 +5,39 @@ Both normalise in float32 and return the input dtype, as the transformers implem
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x[..., D] float32 -> x / sqrt(mean(x^2) + eps) over the last dim."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    """x[..., D] float32 -> x / sqrt(mean(x^2) + eps) over the last dim.
+
+    Multiplies by rsqrt, as transformers does (bit for bit), except under `onnx_form()`: there it divides by the
+    sqrt (within an ulp of it), because ONNX Runtime's SimplifiedLayerNormFusion matches Sqrt -> Div, not
+    Reciprocal -> Mul, and so makes each exported norm one SimplifiedLayerNormalization node (its casts and
+    weight Mul included) instead of seven elementwise kernels over the activations."""
+    mean_square = x.pow(2).mean(-1, keepdim=True) + eps
+    if _onnx_form:
+        return x / torch.sqrt(mean_square)
+    return x * torch.rsqrt(mean_square)
+
+
+_onnx_form = False  # a module global read when the model is traced
+
+
+@contextlib.contextmanager
+def onnx_form():
+    """Within the block, RMS norms compute in the form ONNX Runtime fuses (see _rms): the ONNX exporter traces
+    under it."""
+    global _onnx_form
+    old, _onnx_form = _onnx_form, True
+    try:
+        yield
+    finally:
+        _onnx_form = old
 
 
 class RMSNorm(nn.Module):
