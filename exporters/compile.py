@@ -206,7 +206,8 @@ def export_program(lm: LM, kind: str, batch: int, max_len: int,
     dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
                  for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
-        ep = torch.export.export(InPlaceStep(lm, kind, kernels), (ids, *state), dynamic_shapes=(ids_dims, dims), strict=False)
+        ep = torch.export.export(InPlaceStep(lm, kind, kernels), (ids, *state), dynamic_shapes=(ids_dims, dims),
+                                 strict=False)
     if ids_dims is not None:
         _check_prefill_range(ep, max_len)
     return finite_op_args(ep)
@@ -466,7 +467,8 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         lm = build_lm(spec, options)
     if fuse:
         fuse_projections(lm)
-        fold_constants(lm)
+        if has_unfolded_constants(lm):  # an LM handed in folded (a JIT runner's) is used as it is
+            fold_constants(lm)
     # what the weight names are, not what was asked: an LM handed in may come fused (a JIT runner's) with fuse off
     fused_names = not has_unfused_projections(lm)
     lm.requires_grad_(False).eval()

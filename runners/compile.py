@@ -38,6 +38,7 @@ import torch
 from edgeports.errors import EdgeportsError
 from edgeports.exporters.base import Artifact
 from edgeports.exporters.compile import (
+    DECODE_KERNELS,
     PROGRAMS_FILE,
     WEIGHTS_FILE,
     InPlaceStep,
@@ -196,7 +197,8 @@ class JitRunner(CompiledRunner):
         self._compiled: set[str] = set()
         self._freeze = freeze and self.device.type == "cuda"
         self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused, folded_ssm_mixers=folded,
-                         frozen_decode=self._freeze, decode_kernels=step_kernels or "custom")
+                         frozen_decode=self._freeze,
+                         decode_kernels={v: k for k, v in DECODE_KERNELS.items()}[step_kernels])
         t0 = time.perf_counter()
         ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, WARM_LEN), device=self.device)
         with torch.inference_mode():  # settle lazy module attributes before dynamo guards on them
@@ -341,7 +343,8 @@ def _check_compatible(artifact: Artifact, device: torch.device) -> None:
         major, minor = torch.cuda.get_device_capability(device)
         if artifact.versions.get("compute_capability") not in (None, f"{major}.{minor}"):
             raise EdgeportsError(f"artifact {artifact.path} was compiled for compute capability "
-                                 f"{artifact.versions['compute_capability']}, this GPU is {major}.{minor}: export again here")
+                                 f"{artifact.versions['compute_capability']}, this GPU is {major}.{minor}: "
+                                 "export again here")
     have, built_torch = torch.__version__.split("+")[0], str(artifact.versions.get("torch", "")).split("+")[0]
     if have.split(".")[:2] != built_torch.split(".")[:2]:
         raise EdgeportsError(f"artifact {artifact.path} was compiled with torch {built_torch}, this is torch {have}: "

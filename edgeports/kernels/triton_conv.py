@@ -108,6 +108,7 @@ def _conv_update_fwd(
     DIM,
     s_xb, s_xd, s_sb, s_sd, s_sw, s_wd, s_ww,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
+    INPLACE: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -126,11 +127,12 @@ def _conv_update_fwd(
     if SILU:
         acc = silu(acc)
     tl.store(y_ptr + b * DIM + offs_d, acc.to(y_ptr.dtype.element_ty), mask=mask_d)
-    # the window slides by one: new state[j] = window[j + 1]; every window column is in registers, so each
-    # column is written from the loaded tile shifted by one position
+    # the window slides by one: new state[j] = window[j + 1], read again from memory shifted by one position
     shifted = tl.load(s_ptr + b * s_sb + offs_d[:, None] * s_sd + (j + 1)[None, :] * s_sw,
                       mask=mask_d[:, None] & (j + 1 < W - 1)[None, :], other=0.0)
     shifted = tl.where((j == W - 2)[None, :], x[:, None].to(shifted.dtype), shifted)
+    if INPLACE:  # the state is overwritten: every thread of the program has read its window before any writes
+        tl.debug_barrier()
     tl.store(sn_ptr + b * DIM * (W - 1) + offs_d[:, None] * (W - 1) + j[None, :],
              shifted.to(sn_ptr.dtype.element_ty), mask=m_s)
 
@@ -139,7 +141,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conf
                          out_state: torch.Tensor | None = None):
     """Launch _conv_update_fwd; shapes as edgeports.kernels.causal_conv1d_update. out_state: a contiguous
     [Bt,D,W-1] to write the new state into (`conv_state` itself for an in-place step: a program reads its
-    channels' window before it writes them)."""
+    channels' window, behind a barrier, before it writes them)."""
     bt, dim = x.shape
     W = weight.shape[1]
     y = torch.empty((bt, dim), dtype=x.dtype, device=x.device)
@@ -151,6 +153,6 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conf
         x, conv_state, weight, bias, y, new_state, dim,
         *x.stride(), *conv_state.stride(), *weight.stride(),
         W=W, HAS_BIAS=bias is not None, SILU=activation == "silu",
-        BLOCK_W=max(2, triton.next_power_of_2(W)), **cfg,
+        BLOCK_W=max(2, triton.next_power_of_2(W)), INPLACE=new_state is conv_state, **cfg,
     )
     return y, new_state

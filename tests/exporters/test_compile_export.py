@@ -21,7 +21,7 @@ from edgeports.exporters import compile as cexport
 from edgeports.exporters.base import ExportOptions, in_memory, read_artifact
 from edgeports.measure.parity import rel_err
 from edgeports.models import build, get_spec
-from edgeports.models.fuse import fuse_projections
+from edgeports.models.fuse import fold_constants, fuse_projections, has_unfolded_constants
 from edgeports.models.layers import mlp
 from edgeports.models.layers.attention import Attention
 from edgeports.runners import compile as crun
@@ -311,15 +311,38 @@ def test_inline_decode_kernels(tmp_path):
         assert rel_err(runner.decode(3), ref.decode(3)) < TOL
 
 
-@pytest.mark.parametrize("key, default", [("fuse", True), ("freeze", False)])
-def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key, default):
+@pytest.mark.parametrize("key, default, values", [
+    ("fuse", True, (("false", False), ("true", True))),
+    ("freeze", False, (("false", False), ("true", True))),
+    ("decode_kernels", None, (("inline", "torch"), ("custom", None))),
+])
+def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key, default, values):
     seen = []
-    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, **kw: seen.append(kw[key]))
-    for value, want in (("false", False), ("true", True), (None, default)):
+    kwarg = {"decode_kernels": "step_kernels"}.get(key, key)
+    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, **kw: seen.append(kw[kwarg]))
+    for value, want in (*values, (None, default)):
         extra = (("mode", "jit"),) + (((key, value),) if value else ())
         art = cexport.export(get_spec("tiny-llama"), tmp_path / str(value), ExportOptions(max_len=MAX_LEN, extra=extra))
         crun.load(read_artifact(art.path, backend="compile"), "cpu")
-        assert seen.pop() is want
+        got = seen.pop()
+        assert got == want and type(got) is type(want)
+
+
+def test_export_leaves_the_callers_lm_as_it_was(tmp_path, monkeypatch):
+    """An unfolded LM is copied before folding; an LM handed in folded keeps its buffers (the same tensors, the
+    same values), so a JIT runner's captured graph that reads them is not disturbed (packages not compiled)."""
+    monkeypatch.setattr(cexport, "compile_package", lambda ep, path, *a, **k: path.write_bytes(b""))
+    options = ExportOptions(max_len=MAX_LEN, extra=(("chunked", False),))
+    plain = build(get_spec("tiny-mamba"), dtype="float32", seed=4)
+    cexport.export(plain, tmp_path / "a", options)
+    assert has_unfolded_constants(plain)
+    folded = build(get_spec("tiny-mamba"), dtype="float32", seed=4)
+    fold_constants(folded)
+    before = {n: (b, b.clone()) for n, b in folded.named_buffers() if "folded_" in n}
+    cexport.export(folded, tmp_path / "b", options)
+    after = dict(folded.named_buffers())
+    for n, (tensor, value) in before.items():
+        assert after[n] is tensor and torch.equal(tensor, value), n
 
 
 def test_weights_option_is_checked_before_any_work(tmp_path):

@@ -147,6 +147,12 @@ def test_inplace_step_writes_the_state_it_was_given(name, args, shapes, impl):
 @pytest.mark.parametrize("name,args,shapes", STEPS, ids=[c[0] for c in STEPS])
 def test_inplace_op_opcheck_and_compile(name, args, shapes):
     """The mutating ops: schema and fake checked, and one opaque node under compile that mutates its input."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
     op = getattr(torch.ops.edgeports, name + "_").default
     fixed = tuple(bool(a) if isinstance(a, bool) else a for a in args)
     torch.library.opcheck(op, fixed, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
@@ -154,8 +160,11 @@ def test_inplace_op_opcheck_and_compile(name, args, shapes):
     want_y, want_state = getattr(K, name)(*args, impl="ref")
     state = args[i].clone()
     torch._dynamo.reset()
-    step = torch.compile(lambda s: getattr(K, name)(*args[:i], s, *args[i + 1:], inplace=True)[0], fullgraph=True)
+    step = torch.compile(lambda s: getattr(K, name)(*args[:i], s, *args[i + 1:], inplace=True)[0], fullgraph=True,
+                         backend=backend)
     _assert_all_close((step(state), state), (want_y, want_state))
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert [t for t in targets if "edgeports" in t] == [f"edgeports.{name}_"], targets
 
 
 def test_use_sets_the_default(monkeypatch):

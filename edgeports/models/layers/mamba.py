@@ -41,9 +41,11 @@ FOLDED_CONSTANTS = tuple(FOLDED_PREFIX + n for n in ("A", "D", "dt_bias"))
 def ssm_constants(m: nn.Module, dt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A = -exp(A_log), D, dt bias) in float32, as the scan kernels take them, for a mixer `m` with `A_log`
     and `D` parameters: the buffers fold_ssm_constants stored, else computed from the parameters (which a
-    compiled decode step would otherwise recompute, and hand to the kernels as fresh tensors, every token)."""
-    if hasattr(m, FOLDED_CONSTANTS[0]):
-        return tuple(getattr(m, name).float() for name in FOLDED_CONSTANTS)  # stays float32 if the model is cast
+    compiled decode step would otherwise recompute, and hand to the kernels as fresh tensors, every token).
+    Buffers that a cast of the model made other than float32 lost digits: the parameters are used then."""
+    folded = tuple(getattr(m, name, None) for name in FOLDED_CONSTANTS)
+    if all(t is not None and t.dtype == torch.float32 for t in folded):
+        return folded
     return _constants_of_parameters(m, dt_bias)
 
 
@@ -55,11 +57,16 @@ def fold_ssm_constants(m: nn.Module, dt_bias: torch.Tensor) -> None:
     """Store the constants of ssm_constants(m, dt_bias), computed from the parameters now, as non-persistent
     float32 buffers of `m` (FOLDED_CONSTANTS), read from then on instead of the parameters: call it after the
     weights are loaded and the dtype is set, and again if they change (edgeports.models.fuse.fold_constants
-    does it for a whole model)."""
+    does it for a whole model). Buffers already there with the same shape and device are written in place, so
+    a compiled step or captured CUDA graph that reads them sees the new values."""
     with torch.no_grad():
-        values = [t.float().clone() for t in _constants_of_parameters(m, dt_bias)]
-    for name, value in zip(FOLDED_CONSTANTS, values, strict=True):
-        m.register_buffer(name, value, persistent=False)
+        values = [t.float() for t in _constants_of_parameters(m, dt_bias)]
+        for name, value in zip(FOLDED_CONSTANTS, values, strict=True):
+            old = getattr(m, name, None)
+            if old is not None and old.shape == value.shape and old.dtype == value.dtype and old.device == value.device:
+                old.copy_(value)
+            else:
+                m.register_buffer(name, value.clone(), persistent=False)
 
 
 def inverse_softplus_dt(n: int, lo: float = 1e-3, hi: float = 0.1, floor: float = 1e-4) -> torch.Tensor:

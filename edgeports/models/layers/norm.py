@@ -31,7 +31,8 @@ _onnx_form = False  # a module global read when the model is traced
 @contextlib.contextmanager
 def onnx_form():
     """Within the block, RMS norms compute in the form ONNX Runtime fuses (see _rms): the ONNX exporter traces
-    under it."""
+    under it. A plain module global (as edgeports.kernels.use), not thread-local: compiled programs guard on it,
+    so do not run them in another thread during an export."""
     global _onnx_form
     old, _onnx_form = _onnx_form, True
     try:
