@@ -89,13 +89,20 @@ def test_fake_shapes_and_dtypes(name, args, shapes):
         assert f.shape == r.shape and f.dtype == r.dtype
 
 
-@pytest.mark.parametrize("name,args,shapes", CASES, ids=[c[0] for c in CASES])
-def test_opaque_under_compile_fullgraph(name, args, shapes):
+def _graph_recorder():
+    """(graphs, backend): a torch.compile backend that keeps each FX graph dynamo hands it and runs it as is."""
     graphs = []
 
     def backend(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
+
+    return graphs, backend
+
+
+@pytest.mark.parametrize("name,args,shapes", CASES, ids=[c[0] for c in CASES])
+def test_opaque_under_compile_fullgraph(name, args, shapes):
+    graphs, backend = _graph_recorder()
 
     fn = getattr(K, name)
     torch._dynamo.reset()
@@ -147,11 +154,7 @@ def test_inplace_step_writes_the_state_it_was_given(name, args, shapes, impl):
 @pytest.mark.parametrize("name,args,shapes", STEPS, ids=[c[0] for c in STEPS])
 def test_inplace_op_opcheck_and_compile(name, args, shapes):
     """The mutating ops: schema and fake checked, and one opaque node under compile that mutates its input."""
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
+    graphs, backend = _graph_recorder()
 
     op = getattr(torch.ops.edgeports, name + "_").default
     fixed = tuple(bool(a) if isinstance(a, bool) else a for a in args)
