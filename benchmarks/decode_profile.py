@@ -43,14 +43,13 @@ def profile_model(name: str, dtype: str, layers: int | None, prompt: int, steps:
     from backends import build_on_gpu
     from torch.profiler import ProfilerActivity, profile
 
-    from edgeports.exporters.compile import DECODE_KERNELS
     from edgeports.runners.compile import JitRunner
 
     lm = build_on_gpu(name, dtype, layers)
     spec = lm.spec
     t0 = time.perf_counter()
     torch.cuda.reset_peak_memory_stats()
-    runner = JitRunner(lm, "cuda", batch=1, chunked=False, freeze=freeze, step_kernels=DECODE_KERNELS[decode_kernels])
+    runner = JitRunner(lm, "cuda", batch=1, chunked=False, freeze=freeze, decode_kernels=decode_kernels)
     compile_s = time.perf_counter() - t0
     ids = torch.randint(0, spec.config["vocab_size"], (1, prompt), device="cuda")
     runner.prefill(ids, max_len=prompt + 4 * steps + 16)

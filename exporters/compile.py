@@ -118,14 +118,14 @@ def freezes(options: ExportOptions) -> bool:
 DECODE_KERNELS = {"custom": None, "inline": "torch"}  # option value -> edgeports.kernels implementation
 
 
-def decode_kernels(options: ExportOptions) -> str | None:
+def decode_kernels_of(options: ExportOptions) -> str:
     """How the decode program runs the SSM step ops (extra "decode_kernels"): "custom" (default), the in-place
     `edgeports::` custom ops (one opaque kernel each that writes its state where it lies), or "inline", their
     one-step tensor math (the torch implementation; no time loop) traced into the program, where Inductor fuses
-    it with its neighbours. Returns the edgeports.kernels implementation (None = the custom ops).
+    it with its neighbours. Returns the value, checked (InPlaceStep maps it to an implementation).
     H100, fp16, 16 layers, CUDA-graphed step (benchmarks/decode_profile.py, functional custom ops then):
     inline took 1.029 against 0.962 ms for mamba2-2.7b and 1.025 against 1.031 ms for mamba-2.8b."""
-    return DECODE_KERNELS[options.choice("decode_kernels", "custom", tuple(DECODE_KERNELS))]
+    return options.choice("decode_kernels", "custom", tuple(DECODE_KERNELS))
 
 
 WEIGHT_MODES = ("auto", "shared", "embedded")
@@ -140,22 +140,22 @@ def weights_mode(options: ExportOptions) -> str:
 
 # the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options)
 OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of, "freeze": freezes, "weights": weights_mode,
-           "decode_kernels": decode_kernels}
+           "decode_kernels": decode_kernels_of}
 
 
 class InPlaceStep(nn.Module):
     """One LM call as `(ids[B,L], *state) -> logits[B,V]` that writes the new State into `state`.
 
     kind: "prefill" (fresh state), "prefill_cont" (continuing a state) or "decode" (L = 1).
-    kernels: the edgeports.kernels implementation of decode's SSM step ops (decode_kernels; None: custom ops)."""
+    step_ops: how decode runs the SSM step ops, a value of the decode_kernels option ("custom", "inline")."""
 
-    def __init__(self, lm: LM, kind: str, kernels: str | None = None):
+    def __init__(self, lm: LM, kind: str, step_ops: str = "custom"):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown program kind {kind!r}")
         self.lm = lm
         self.kind = kind
-        self.kernels = kernels
+        self.kernels = kernels = DECODE_KERNELS[step_ops]  # the edgeports.kernels implementation; None: custom ops
         if kernels is not None:  # checked (and its availability cached) before tracing: see kernels.get_impl
             get_impl(kernels)
 
@@ -197,8 +197,8 @@ def example_inputs(lm: LM, kind: str, batch: int, max_len: int,
 
 
 def export_program(lm: LM, kind: str, batch: int, max_len: int,
-                   kernels: str | None = None) -> torch.export.ExportedProgram:
-    """torch.export of InPlaceStep(lm, kind, kernels): L dynamic in [2, max_len] (prefill kinds), S dims dynamic."""
+                   step_ops: str = "custom") -> torch.export.ExportedProgram:
+    """torch.export of InPlaceStep(lm, kind, step_ops): L dynamic in [2, max_len] (prefill kinds), S dims dynamic."""
     device = lm.head_device()
     ids, state = example_inputs(lm, kind, batch, max_len, device)
     s_dim = torch.export.Dim("state_len", min=2, max=max_len)  # not "S": sympy reads that as its S
@@ -206,7 +206,7 @@ def export_program(lm: LM, kind: str, batch: int, max_len: int,
     dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
                  for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
-        ep = torch.export.export(InPlaceStep(lm, kind, kernels), (ids, *state), dynamic_shapes=(ids_dims, dims),
+        ep = torch.export.export(InPlaceStep(lm, kind, step_ops), (ids, *state), dynamic_shapes=(ids_dims, dims),
                                  strict=False)
     if ids_dims is not None:
         _check_prefill_range(ep, max_len)
@@ -441,7 +441,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     # checked before any work, in both modes
     fuse, kinds, weights = fuses(options), kinds_of(options), weights_mode(options)
     freezes(options)
-    step_kernels = decode_kernels(options)
+    step_ops = decode_kernels_of(options)
     if mode_of(options) == "jit":
         from edgeports.exporters import eager
 
@@ -481,7 +481,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         for kind in kinds:
             t = time.perf_counter()
             with reported(spec, f"torch.export of the {kind} program"):
-                ep = export_program(lm, kind, batch, max_len, step_kernels)
+                ep = export_program(lm, kind, batch, max_len, step_ops)
             t_export = time.perf_counter() - t
             with reported(spec, f"AOTInductor compile of the {kind} program"):
                 compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device), share)

@@ -38,11 +38,10 @@ import torch
 from edgeports.errors import EdgeportsError
 from edgeports.exporters.base import Artifact
 from edgeports.exporters.compile import (
-    DECODE_KERNELS,
     PROGRAMS_FILE,
     WEIGHTS_FILE,
     InPlaceStep,
-    decode_kernels,
+    decode_kernels_of,
     failure,
     freezes,
     fuses,
@@ -53,7 +52,7 @@ from edgeports.exporters.compile import (
 )
 from edgeports.exporters.compile import available as exporter_available
 from edgeports.models import torch_dtype
-from edgeports.models.lm import FOLDED_PREFIX
+from edgeports.models.lm import is_folded
 from edgeports.runners.base import DEFAULT_HEADROOM, Capabilities, StepRunner, Unsupported
 
 NAME = "compile"
@@ -178,18 +177,18 @@ class JitRunner(CompiledRunner):
     """Our LM compiled with torch.compile in this process (see the module docstring)."""
 
     def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True,
-                 freeze: bool = False, step_kernels: str | None = None):
+                 freeze: bool = False, decode_kernels: str = "custom"):
         """Compiles `lm` (its q/k/v and gate/up projections fused and its SSM constants folded in place when
         `fuse`, see edgeports.models.fuse: pass a copy to keep the original; on CUDA its decode step with the weights
-        frozen into it when `freeze`, see exporters/compile.freezes; decode's SSM step ops by the edgeports.kernels
-        implementation `step_kernels`, see exporters/compile.decode_kernels)."""
+        frozen into it when `freeze`, see exporters/compile.freezes; decode's SSM step ops as the option
+        `decode_kernels` says, see exporters/compile.decode_kernels_of)."""
         from edgeports.models.fuse import fold_constants, fuse_projections
 
         lm.requires_grad_(False).eval()
         fused = fuse_projections(lm) if fuse else 0
         folded = fold_constants(lm) if fuse else 0
         kinds = ("prefill", "prefill_cont", "decode") if chunked else ("prefill", "decode")
-        programs = {k: _compiled(InPlaceStep(lm, k, step_kernels), tuning_of(k, torch.device(device))) for k in kinds}
+        programs = {k: _compiled(InPlaceStep(lm, k, decode_kernels), tuning_of(k, torch.device(device))) for k in kinds}
         super().__init__(device, next(lm.parameters()).dtype, programs)
         self.lm = lm
         self.weight_bytes = lm.weight_bytes()
@@ -197,8 +196,7 @@ class JitRunner(CompiledRunner):
         self._compiled: set[str] = set()
         self._freeze = freeze and self.device.type == "cuda"
         self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused, folded_ssm_mixers=folded,
-                         frozen_decode=self._freeze,
-                         decode_kernels={v: k for k, v in DECODE_KERNELS.items()}[step_kernels])
+                         frozen_decode=self._freeze, decode_kernels=decode_kernels)
         t0 = time.perf_counter()
         ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, WARM_LEN), device=self.device)
         with torch.inference_mode():  # settle lazy module attributes before dynamo guards on them
@@ -295,7 +293,7 @@ class AotRunner(CompiledRunner):
         self._batch, self._art_max_len = artifact.options.batch, artifact.options.max_len
         self.weight_bytes = _tensor_bytes(artifact.file(WEIGHTS_FILE)) * (copies + (1 if shared else 0))
         self.info.update(mode="aot", weights=f"one copy in each of {copies} packages" if copies else meta["weights"],
-                         decode_kernels=artifact.options.get("decode_kernels", "custom"),
+                         decode_kernels=decode_kernels_of(artifact.options),
                          programs={k: v["ops"] for k, v in meta["programs"].items()})
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -327,11 +325,11 @@ class AotRunner(CompiledRunner):
 
 def _tensor_bytes(path) -> int:
     """The weight bytes of a safetensors file, from its header alone (u64 length, then JSON): every tensor but
-    the folded copies of parameters (edgeports.models.lm.FOLDED_PREFIX), as LM.weight_bytes counts."""
+    the folded copies of parameters (edgeports.models.lm.is_folded), as LM.weight_bytes counts."""
     with open(path, "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
-               if k != "__metadata__" and not k.rpartition(".")[2].startswith(FOLDED_PREFIX))
+               if k != "__metadata__" and not is_folded(k))
 
 
 def _check_compatible(artifact: Artifact, device: torch.device) -> None:
@@ -424,7 +422,7 @@ def load(artifact: Artifact, device: str) -> CompiledRunner:
         lm = load_lm(artifact, device)
         return JitRunner(lm, device, artifact.options.batch, chunked="prefill_cont" in kinds_of(artifact.options),
                          fuse=fuses(artifact.options), freeze=freezes(artifact.options),
-                         step_kernels=decode_kernels(artifact.options))
+                         decode_kernels=decode_kernels_of(artifact.options))
     return AotRunner(artifact, device)
 
 

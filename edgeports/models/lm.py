@@ -36,6 +36,11 @@ from edgeports.models.state import new_state as zeros_state
 FOLDED_PREFIX = "folded_"
 
 
+def is_folded(name: str) -> bool:
+    """Whether a tensor's (dotted) name is one of those folded copies."""
+    return name.rpartition(".")[2].startswith(FOLDED_PREFIX)
+
+
 @dataclass
 class Ctx:
     """Per-call facts every block may need. Built once per prefill/decode by the LM."""
@@ -104,7 +109,7 @@ class LM(nn.Module):
         parameters are not weights)."""
         seen, total = set(), 0
         buffers = [b for n, b in self.named_buffers()
-                    if b.is_floating_point() and not n.rpartition(".")[2].startswith(FOLDED_PREFIX)]
+                    if b.is_floating_point() and not is_folded(n)]
         for t in list(self.parameters()) + buffers:
             if _storage_key(t) in seen:
                 continue

@@ -314,12 +314,11 @@ def test_inline_decode_kernels(tmp_path):
 @pytest.mark.parametrize("key, default, values", [
     ("fuse", True, (("false", False), ("true", True))),
     ("freeze", False, (("false", False), ("true", True))),
-    ("decode_kernels", None, (("inline", "torch"), ("custom", None))),
+    ("decode_kernels", "custom", (("inline", "inline"), ("custom", "custom"))),
 ])
 def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key, default, values):
     seen = []
-    kwarg = {"decode_kernels": "step_kernels"}.get(key, key)
-    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, **kw: seen.append(kw[kwarg]))
+    monkeypatch.setattr(crun, "JitRunner", lambda lm, device, batch, chunked, **kw: seen.append(kw[key]))
     for value, want in (*values, (None, default)):
         extra = (("mode", "jit"),) + (((key, value),) if value else ())
         art = cexport.export(get_spec("tiny-llama"), tmp_path / str(value), ExportOptions(max_len=MAX_LEN, extra=extra))

@@ -70,7 +70,7 @@ def test_jit_inline_decode_kernels(name):
     states written in place across steps."""
     lm = build(spec_of(name), dtype="float32")
     ref = EagerRunner(copy.deepcopy(lm), "cpu")
-    runner = crun.JitRunner(lm, "cpu", batch=1, chunked=False, step_kernels="torch")
+    runner = crun.JitRunner(lm, "cpu", batch=1, chunked=False, decode_kernels="inline")
     assert runner.info["decode_kernels"] == "inline"
     ids = torch.randint(0, lm.spec.config["vocab_size"], (1, 17))
     assert rel_err(runner.prefill(ids, max_len=40), ref.prefill(ids, max_len=40)) < TOL
