@@ -98,9 +98,10 @@ def _nvcc_command(out: Path, archs: list[str], sources: list[Path], what: str, f
             "-I", str(PLUGIN_DIR / "include"), *map(str, sources), "-o", str(out)]
 
 
-def kernels_command(out: Path, archs: list[str], compiler: str | None = None) -> list[str]:
-    """The nvcc command line that builds the kernels library for the given architectures."""
-    return _nvcc_command(out, archs, kernel_sources(), "the CUDA kernels", compiler=compiler)
+def kernels_command(out: Path, archs: list[str], compiler: str | None = None, flags: tuple[str, ...] = ()) -> list[str]:
+    """The nvcc command line that builds the kernels library for the given architectures; `flags` are extra
+    nvcc options (e.g. the kernels' -D tuning macros, for the variant benchmarks)."""
+    return _nvcc_command(out, archs, kernel_sources(), "the CUDA kernels", tuple(flags), compiler=compiler)
 
 
 def _source_hash(paths: list[Path]) -> str:

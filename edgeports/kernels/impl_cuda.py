@@ -10,6 +10,7 @@ outputs are fresh tensors; states are float32. Supported dtypes: float32, float1
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 
@@ -94,10 +95,28 @@ def load_library(path) -> ctypes.CDLL:
 
 
 @functools.cache
-def _lib() -> ctypes.CDLL:
+def _default_lib() -> ctypes.CDLL:
     from edgeports.exporters.plugin_build import find_kernels
 
     return load_library(find_kernels(build=True))
+
+
+_override: list[ctypes.CDLL] = []  # using_library()'s stack
+
+
+@contextlib.contextmanager
+def using_library(lib: ctypes.CDLL):
+    """Within the block the ops call `lib` (a load_library() result) instead of the default library: the
+    variant benchmarks time builds of the same sources with different tuning flags through this binding."""
+    _override.append(lib)
+    try:
+        yield lib
+    finally:
+        _override.pop()
+
+
+def _lib() -> ctypes.CDLL:
+    return _override[-1] if _override else _default_lib()
 
 
 def available() -> tuple[bool, str]:

@@ -1,0 +1,190 @@
+"""Tuning variants of the CUDA `ssd_chunk_scan` (exporters/plugins/kernels/ssd_chunked.cu) side by side.
+
+Builds the kernels library once per variant (nvcc with the variant's -D tuning macros, builds in parallel),
+loads each through the same ctypes binding impl="cuda" uses (impl_cuda.using_library), checks each against
+impl="ref" (float64) on random inputs at small shapes (several chunks, odd lengths, headdim 32/64/128), then
+times ssd_chunk_scan at mamba2-2.7b's layer shape (batch 1, 80 heads x 64, dstate 128, 1 group) per length and
+dtype, next to the triton implementation's time from the same run (ratio = variant ms / triton ms; < 1 is
+faster than triton). Then a per-kernel split of each variant at the last length (torch.profiler).
+
+    python benchmarks/ssd_variants.py [--lens 4096,16384] [--dtypes bf16,fp16] [--variants default,q256]
+                                      [--jobs 8] [--arch 90] [--no-split]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# name -> nvcc flags. Defaults (ssd_chunked.cu): chunk Q=128, pass-3 blocks of BM=64 rows with WCOLS=2
+# column tiles per warp (8 warps at headdim 64), 8 warps in pass 1, 4 state elements per thread in pass 2.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "q256": ("-DEP_SSD_Q=256",),  # half the chunk states of pass 1/2 to write and read
+    "q256-wc4": ("-DEP_SSD_Q=256", "-DEP_SSD_WCOLS=4"),  # triton's blocking: 64x64 tiles of y, 4 warps
+    "q256-bm128": ("-DEP_SSD_Q=256", "-DEP_SSD_BM=128", "-DEP_SSD_WCOLS=4", "-DEP_SSD_STATE_WARPS=16"),
+    "wc4": ("-DEP_SSD_WCOLS=4",),  # 4 warps per pass-3 block: more blocks per SM
+    "bm128": ("-DEP_SSD_BM=128",),  # one pass-3 block per (chunk, head), 16 warps
+    "q64": ("-DEP_SSD_Q=64",),  # smaller blocks everywhere, twice the chunk states
+    "vec1-sw4": ("-DEP_SSD_PASS_VEC=1", "-DEP_SSD_STATE_WARPS=4"),  # pass 2 one element per thread
+}
+DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+# (batch, L, heads, headdim, groups, dstate): odd lengths, a partial last chunk for every Q
+CHECK_SHAPES = [(2, 777, 4, 64, 2, 128), (1, 333, 3, 128, 1, 64), (2, 301, 4, 32, 2, 16)]
+# as tests/exporters/test_plugins.py: |err| <= tol * (max(1, max |ref|) + |ref|)
+TOL = {"bfloat16": 2e-2, "float16": 3e-3}
+
+
+def build_all(names: list[str], arch: str, out_dir: Path, jobs: int) -> dict[str, Path | str]:
+    """Build each variant's library into out_dir/<name>/ in parallel; name -> path, or the error text."""
+    from edgeports.exporters import plugin_build
+
+    def one(name: str) -> Path | str:
+        out = out_dir / name / plugin_build.KERNELS_LIB
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = plugin_build.kernels_command(out, [arch], flags=VARIANTS[name])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines()
+            return next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit {proc.returncode}")
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(zip(names, pool.map(one, names), strict=True))
+
+
+def _inputs(shape, dtype, seed: int, full: bool = True) -> dict:
+    """Random ssd_chunk_scan arguments (all optional inputs when `full`), as the GPU tests draw them."""
+    import torch
+
+    bt, L, h, p, ng, n = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s, dt=dtype: torch.randn(*s, generator=g, device="cuda").to(dt)  # noqa: E731
+    kw = dict(x=r(bt, L, h, p), dt=(r(bt, L, h, dt=torch.float32) * 0.5 - 1).to(dtype),
+              A=-torch.exp(r(h, dt=torch.float32)), B=r(bt, L, ng, n), C=r(bt, L, ng, n), chunk_size=256)
+    if full:
+        kw.update(D=r(h, dt=torch.float32), z=r(bt, L, h, p), dt_bias=r(h, dt=torch.float32) * 0.1,
+                  dt_softplus=True, dt_min=0.001, dt_max=0.5, initial_state=r(bt, h, p, n, dt=torch.float32))
+    return kw
+
+
+def check(lib, dtypes: list[str]) -> str:
+    """'ok (max err ...)' or 'FAIL ...': each check shape and dtype against impl="ref" in float64."""
+    import torch
+
+    from edgeports import kernels
+    from edgeports.kernels import impl_cuda
+
+    worst = 0.0
+    for name in dtypes:
+        dtype = getattr(torch, name)
+        for i, shape in enumerate(CHECK_SHAPES):
+            kw = _inputs(shape, dtype, seed=11 + i)
+            with impl_cuda.using_library(lib):
+                y, hT = kernels.ssd_chunk_scan(**kw, impl="cuda")
+            dbl = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+            ey, ehT = kernels.ssd_chunk_scan(**dbl, impl="ref")
+            for got, want, what in ((y, ey.to(dtype), "y"), (hT, ehT, "state")):
+                got, want = got.double(), want.double()
+                scale = max(1.0, want.abs().max().item())
+                ratio = ((got - want).abs() / (TOL[name] * (scale + want.abs()))).max().item()
+                worst = max(worst, ratio)
+                if not ratio <= 1.0:  # (NaN fails too)
+                    return f"FAIL {name} {shape} {what}: error {ratio:.3g} x the tolerance"
+    return f"ok (largest error {worst:.2f} x the tolerance)"
+
+
+def _mamba2_inputs(L: int, dtype) -> dict:
+    """mamba2-2.7b's layer shape, as benchmarks/plugin_kernels.py draws it."""
+    import torch
+
+    h, p, n, dev = 80, 64, 128, "cuda"
+    r = lambda *s, dt=dtype: torch.randn(*s, device=dev).to(dt)  # noqa: E731
+    return dict(x=r(1, L, h, p), dt=r(1, L, h), A=-torch.rand(h, device=dev) - 0.5, B=r(1, L, 1, n),
+                C=r(1, L, 1, n), chunk_size=256, D=r(h, dt=torch.float32), z=r(1, L, h, p),
+                dt_bias=r(h, dt=torch.float32), dt_softplus=True)
+
+
+def main() -> None:
+    """Build, check, time and print the variants' table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lens", default="4096,16384", help="sequence lengths to time (comma-separated)")
+    ap.add_argument("--dtypes", default="bf16,fp16", help=f"of {', '.join(DTYPES)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    ap.add_argument("--jobs", type=int, default=min(len(VARIANTS), os.cpu_count() or 1), help="parallel nvcc builds")
+    ap.add_argument("--arch", default=None, help="GPU architecture to build for (default: the current GPU's)")
+    ap.add_argument("--no-split", action="store_true", help="skip the per-kernel split (torch.profiler)")
+    args = ap.parse_args()
+    names = [v for v in args.variants.split(",") if v]
+    dtypes = [DTYPES[d] for d in args.dtypes.split(",") if d]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"ssd_variants: unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("ssd_variants: needs a CUDA GPU")
+    from _bench import kernel_breakdown, median_ms
+
+    from edgeports import kernels
+    from edgeports.exporters import plugin_build
+    from edgeports.kernels import impl_cuda
+
+    arch = args.arch or plugin_build.current_arch()
+    print(f"# {torch.cuda.get_device_name()}  sm_{arch}  variants: {', '.join(names)}", flush=True)
+    libs = {}
+    with tempfile.TemporaryDirectory(prefix="ssd-variants-") as tmp:
+        t0 = time.perf_counter()
+        built = build_all(names, arch, Path(tmp), args.jobs)
+        print(f"# built in {time.perf_counter() - t0:.0f} s", flush=True)
+        for name in names:
+            if isinstance(built[name], str):
+                print(f"# {name} {' '.join(VARIANTS[name]) or '(defaults)'}: BUILD FAILED: {built[name]}")
+                continue
+            lib = impl_cuda.load_library(built[name])  # loaded (mapped) before the directory goes
+            verdict = check(lib, dtypes)
+            print(f"# {name} {' '.join(VARIANTS[name]) or '(defaults)'}: {verdict}", flush=True)
+            if verdict.startswith("ok"):
+                libs[name] = lib
+    has_triton = kernels.available_impls().get("triton", (False,))[0]
+    lens = [int(x) for x in args.lens.split(",") if x]
+    print(f"\n| dtype | L | triton ms | {' | '.join(f'{n} ms (/triton)' for n in libs)} |")
+    print("|---|---|---|" + "---|" * len(libs))
+    for name in dtypes:
+        for L in lens:
+            kw = _mamba2_inputs(L, getattr(torch, name))
+            tri = median_ms(lambda kw=kw: kernels.ssd_chunk_scan(**kw, impl="triton"))[0] if has_triton else None
+            cells = []
+            for lib in libs.values():
+                with impl_cuda.using_library(lib):
+                    ms = median_ms(lambda kw=kw: kernels.ssd_chunk_scan(**kw, impl="cuda"))[0]
+                cells.append(f"{ms:.3f} ({ms / tri:.2f}x)" if tri else f"{ms:.3f}")
+            print(f"| {name} | {L} | {'-' if tri is None else f'{tri:.3f}'} | {' | '.join(cells)} |", flush=True)
+            del kw
+    if args.no_split or not libs:
+        return
+    L, dtype = lens[-1], getattr(torch, dtypes[0])
+    print(f"\nper-kernel ms at L={L} {dtypes[0]} (torch.profiler)")
+    kw = _mamba2_inputs(L, dtype)
+    for vname, lib in libs.items():
+        with impl_cuda.using_library(lib):
+            rows = kernel_breakdown(lambda: kernels.ssd_chunk_scan(**kw, impl="cuda"), top=6)
+        print(f"  {vname}: " + ", ".join(f"{_short(k)} {ms:.3f}" for k, ms, _ in rows))
+
+
+def _short(kernel: str) -> str:
+    """'ssd_output_kernel' of a demangled 'void ep::(anonymous namespace)::ssd_output_kernel<...>(...)'."""
+    short = kernel.replace("(anonymous namespace)::", "").split("(")[0].split("<")[0]
+    return short.split("::")[-1].replace("void ", "") or kernel
+
+
+if __name__ == "__main__":
+    main()
