@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,24 +37,6 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 CHECK_SHAPES = [(2, 777, 4, 64, 2, 128), (1, 333, 3, 128, 1, 64), (2, 301, 4, 32, 2, 16)]
 # as tests/exporters/test_plugins.py: |err| <= tol * (max(1, max |ref|) + |ref|)
 TOL = {"bfloat16": 2e-2, "float16": 3e-3}
-
-
-def build_all(names: list[str], arch: str, out_dir: Path, jobs: int) -> dict[str, Path | str]:
-    """Build each variant's library into out_dir/<name>/ in parallel; name -> path, or the error text."""
-    from edgeports.exporters import plugin_build
-
-    def one(name: str) -> Path | str:
-        out = out_dir / name / plugin_build.KERNELS_LIB
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = plugin_build.kernels_command(out, [arch], flags=VARIANTS[name])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            return next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit {proc.returncode}")
-        return out
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return dict(zip(names, pool.map(one, names), strict=True))
 
 
 def _inputs(shape, dtype, seed: int, full: bool = True) -> dict:
@@ -133,6 +111,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("ssd_variants: needs a CUDA GPU")
     from _bench import kernel_breakdown, median_ms
+    from _variants import checked_variants
 
     from edgeports import kernels
     from edgeports.exporters import plugin_build
@@ -140,20 +119,7 @@ def main() -> None:
 
     arch = args.arch or plugin_build.current_arch()
     print(f"# {torch.cuda.get_device_name()}  sm_{arch}  variants: {', '.join(names)}", flush=True)
-    libs = {}
-    with tempfile.TemporaryDirectory(prefix="ssd-variants-") as tmp:
-        t0 = time.perf_counter()
-        built = build_all(names, arch, Path(tmp), args.jobs)
-        print(f"# built in {time.perf_counter() - t0:.0f} s", flush=True)
-        for name in names:
-            if isinstance(built[name], str):
-                print(f"# {name} {' '.join(VARIANTS[name]) or '(defaults)'}: BUILD FAILED: {built[name]}")
-                continue
-            lib = impl_cuda.load_library(built[name])  # loaded (mapped) before the directory goes
-            verdict = check(lib, dtypes)
-            print(f"# {name} {' '.join(VARIANTS[name]) or '(defaults)'}: {verdict}", flush=True)
-            if verdict.startswith("ok"):
-                libs[name] = lib
+    libs = checked_variants({n: VARIANTS[n] for n in names}, arch, args.jobs, lambda lib: check(lib, dtypes))
     has_triton = kernels.available_impls().get("triton", (False,))[0]
     lens = [int(x) for x in args.lens.split(",") if x]
     print(f"\n| dtype | L | triton ms | {' | '.join(f'{n} ms (/triton)' for n in libs)} |")

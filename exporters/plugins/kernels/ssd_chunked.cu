@@ -199,6 +199,16 @@ __global__ void __launch_bounds__(Q * 2) ssd_cb_kernel(ep_ssd_params p, float* C
 #endif
 }
 
+// V floats / V 16-bit values moved as one vector access.
+template <int V>
+struct alignas(4 * V) F32s {
+    float v[V];
+};
+template <typename T, int V>
+struct alignas(2 * V) Packed {
+    T v[V];
+};
+
 // Pass 1: S_c = (x * w)^T B per (chunk, head), w_t = exp(s_end - s_t) dt_t; and the chunk's decay exp(s_end).
 template <typename T, int Q>
 __global__ void __launch_bounds__(EP_SSD_STATE_WARPS * 32) ssd_states_kernel(ep_ssd_params p, float* S, float* decay,
@@ -220,9 +230,15 @@ __global__ void __launch_bounds__(EP_SSD_STATE_WARPS * 32) ssd_states_kernel(ep_
     for (int t = threadIdx.x; t < Q; t += blockDim.x) s_dt[t] *= expf(end - s_cum[t]);  // now w_t
     wait_rows();
     __syncthreads();
-    for (int i = threadIdx.x; i < Q * P; i += blockDim.x) {
-        T& v = s_x[(i / P) * ldx + i % P];
-        v = to_t<T>(static_cast<float>(v) * s_dt[i / P]);
+    const int vecs = P / 8;  // 16-byte groups per row
+    for (int i = threadIdx.x; i < Q * vecs; i += blockDim.x) {
+        const int t = i / vecs;
+        Packed<T, 8>* at = reinterpret_cast<Packed<T, 8>*>(s_x + t * ldx + (i - t * vecs) * 8);
+        Packed<T, 8> v = *at;
+        const float w = s_dt[t];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) v.v[u] = to_t<T>(static_cast<float>(v.v[u]) * w);
+        *at = v;
     }
     __syncthreads();
     const int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
@@ -245,15 +261,6 @@ __global__ void __launch_bounds__(EP_SSD_STATE_WARPS * 32) ssd_states_kernel(ep_
     if (threadIdx.x == 0) decay[(k.b * nchunks + k.c) * H + k.h] = expf(end);
 #endif
 }
-
-template <int V>
-struct alignas(4 * V) F32s {
-    float v[V];
-};
-template <typename T, int V>
-struct alignas(2 * V) Packed {
-    T v[V];
-};
 
 // Pass 2: Ht[c] = the state entering chunk c, in T (pass 3's operand); the state after the last chunk is
 // final_state (float32). V consecutive elements per thread (vector loads); chunk c+1's inputs are loaded while
