@@ -196,7 +196,9 @@ def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names: l
 
     standard: the kernels are traced through their torch decomposition; custom: the edgeports:: custom ops
     stay opaque and become ai.edgeports nodes (all inputs listed). attention="gqa": the module's Attention
-    layers trace as one edgeports_onnx custom op each, which becomes a com.microsoft GroupQueryAttention."""
+    layers trace as one edgeports_onnx custom op each, which becomes a com.microsoft GroupQueryAttention.
+    The module traces in its ONNX form (layers.norm.onnx_form): RMS norms as ONNX Runtime fuses them, Mamba
+    mixers' prefill projections straight into the SSM kernels' layouts (layers/mamba.py: no [L, D] copies)."""
     from edgeports import kernels
     from edgeports.exporters import onnx_custom
     from edgeports.models.layers.norm import onnx_form

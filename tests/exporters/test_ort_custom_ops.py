@@ -176,13 +176,28 @@ def test_headers_come_from_the_pinned_debian_package(monkeypatch, tmp_path):
 
 
 # ---- whole artifacts: the custom lowering through the ORT runner ------------------------------------
-@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2", "tiny-falcon-h1", "tiny-zamba2"])
-def test_custom_lowering_runs_like_eager(tmp_path, ort_ops_cpu, name):
+@pytest.fixture(scope="module")
+def custom_export(tmp_path_factory):
+    """name -> the `--onnx-ssm custom` float32 artifact of that tiny model (exported once per module)."""
     from edgeports.exporters import onnx as onnx_exporter
+
+    done = {}
+
+    def get(name: str):
+        if name not in done:
+            opts = ExportOptions(dtype="float32", max_len=48, extra=(("onnx_ssm", "custom"), ("onnx_chunked", "false")))
+            path = onnx_exporter.export(get_spec(name), tmp_path_factory.mktemp(name), opts).path
+            done[name] = read_artifact(path, "onnx")
+        return done[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2", "tiny-falcon-h1", "tiny-zamba2"])
+def test_custom_lowering_runs_like_eager(ort_ops_cpu, custom_export, name):
     from edgeports.runners import ort
 
-    opts = ExportOptions(dtype="float32", max_len=48, extra=(("onnx_ssm", "custom"), ("onnx_chunked", "false")))
-    art = read_artifact(onnx_exporter.export(get_spec(name), tmp_path / name, opts).path, "onnx")
+    art = custom_export(name)
     runner = ort.load(art, "cpu")
     assert runner.info["custom_ops"]["providers"] == ["cpu"]
     ref = EagerRunner(build_lm(art.spec, art.options, "cpu"), "cpu")
@@ -193,6 +208,35 @@ def test_custom_lowering_runs_like_eager(tmp_path, ort_ops_cpu, name):
         errs = [rel(runner.prefill(ids, max_len=48), ref.prefill(ids, max_len=48))]
         errs += [rel(runner.decode(1), ref.decode(1)) for _ in range(4)]
         assert max(errs) < 1e-4 and not any(math.isnan(e) for e in errs), errs
+
+
+# Per layer of the ORT-optimised custom prefill: Transposes and Splits of [L, >= d_inner] activations (copies of
+# the size of the sequence times the channels). Mamba1: none (mamba.split_linear and _x_proj_channel_first
+# project into the kernels' layouts, the transposes of the small [L, hidden] inputs fold into FusedMatMuls).
+# Mamba2: the conv output's transpose into SsdChunkScan's [B,L,...] layout and its split into x, B, C (the two
+# kernels' contracts take different layouts); its in_proj output is neither split nor transposed any more.
+@pytest.mark.parametrize("name,per_layer", [("tiny-mamba", 0), ("tiny-mamba2", 2)])
+def test_custom_prefill_moves_no_activations_between_layouts(tmp_path, ort_ops_cpu, custom_export, name, per_layer):
+    import onnx
+    import onnxruntime as ort
+
+    art = custom_export(name)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(ort_ops_cpu))
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(art.file("prefill.onnx")), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.value_info, *graph.input, *graph.output)}
+    c = art.spec.config
+    d_inner = c["expand"] * c["hidden_size"]
+    moves = [n for n in graph.node if n.op_type in ("Transpose", "Split")]
+    assert all(n.input[0] in shapes for n in moves), [n.input[0] for n in moves]  # no shape unknown to the count
+    big = [n for n in moves if any(isinstance(d, str) for d in shapes[n.input[0]])  # sequence-long
+           and max((d for d in shapes[n.input[0]] if isinstance(d, int)), default=0) >= d_inner]
+    assert len(big) == per_layer * c["num_hidden_layers"], [(n.op_type, shapes[n.input[0]]) for n in big]
+    assert any(n.op_type == "FusedMatMul" for n in graph.node)  # the folded transposes
 
 
 def test_refusals(monkeypatch, tmp_path, ort_ops_cpu):

@@ -38,6 +38,7 @@ from edgeports.models.layers.mamba import (
     inverse_softplus_dt,
     run_conv,
     selective_ssm,
+    split_linear,
 )
 from edgeports.models.layers.mlp import GatedMLP
 from edgeports.models.layers.norm import RMSNorm
@@ -154,7 +155,8 @@ class HymbaMixer(nn.Module):
     def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx):
         """x[B,L,H] (normed), [conv, ssm, (k, v)] -> (y[B,L,H], states)."""
         B, L, _ = x.shape
-        parts = self.in_proj(x).split(self.split, dim=-1)
+        # q (k, v) [B,L,*]; the SSM's x and gate [B,D,L], as the conv and scan take them
+        parts = split_linear(self.in_proj, x, self.split, [False] * (len(self.split) - 2) + [True, True], ctx)
         q = parts[0].view(B, L, self.heads, self.head_dim).transpose(1, 2)  # [B,H,L,hd]
         if self.rope is not None:
             cos, sin = self.rope.cos_sin(ctx, q.dtype)
@@ -172,8 +174,8 @@ class HymbaMixer(nn.Module):
             if self.consumers:
                 ctx.extras[(_KV_KEY, self.index)] = att
         y_attn = y_attn.transpose(1, 2).reshape(B, L, self.d_inner)
-        xs, conv = run_conv(self.conv1d, parts[-2].transpose(1, 2), conv, ctx)  # [B,D,L]
-        y_ssm, ssm = selective_ssm(self, xs, parts[-1].transpose(1, 2), ssm, ctx, self.inner_norms)
+        xs, conv = run_conv(self.conv1d, parts[-2], conv, ctx)  # [B,D,L]
+        y_ssm, ssm = selective_ssm(self, xs, parts[-1], ssm, ctx, self.inner_norms)
         y_ssm = y_ssm.transpose(1, 2)  # [B,L,D]
         y = (self.pre_avg_layernorm1(y_attn) + self.pre_avg_layernorm2(y_ssm)) / 2
         return self.out_proj(y), [conv, ssm, *kv]

@@ -6,16 +6,25 @@
 State slots: "conv" [B, D_inner, W-1] (the last W-1 conv inputs, model dtype) and "ssm" [B, D_inner, N]
 (float32). Prefill runs edgeports.kernels.causal_conv1d + selective_scan; decode causal_conv1d_update +
 selective_state_update (H=1, P=D_inner, one group). Parameter names follow transformers.
+
+Layouts: the kernels take the mixer's tensors channel-first ([B, D, L]); transformers projects to [B, L, D] and
+transposes, views in eager. In an exported prefill (norm.onnx_form) those transposes, and the splits of the
+projections, would be real copies of [L, D]-sized tensors, so there each part is its own MatMul computed in the
+layout its consumer takes (`split_linear`, `_x_proj_channel_first`): W @ x^T for the channel-first ones, which
+ONNX Runtime fuses into one GEMM with a transposed operand. Eager and decode steps keep transformers' form.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeports import kernels
+from edgeports.models.layers.norm import in_onnx_form
 from edgeports.models.lm import FOLDED_PREFIX, Block, Ctx
 from edgeports.models.state import StateSlot
 
@@ -33,6 +42,39 @@ def run_conv(conv: nn.Conv1d, x: torch.Tensor, state: torch.Tensor, ctx: Ctx) ->
                                                 inplace=ctx.inplace_states)
         return y[:, :, None], state
     return kernels.causal_conv1d(x, weight, conv.bias, None if ctx.first else state, "silu")
+
+
+def channel_first_projections(ctx: Ctx) -> bool:
+    """Whether to project straight into the kernels' layouts (see the module docstring): in an exported prefill.
+    A decode step's [B, D, 1] transposes move nothing, and it keeps the graph it had."""
+    return in_onnx_form() and not ctx.decode
+
+
+def split_linear(linear: nn.Linear, x: torch.Tensor, sizes: Sequence[int], channel_first: Sequence[bool], ctx: Ctx,
+                 scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """linear(x) [* scale] for x[B,L,in], split into `sizes` along the out features: part i as [B,n_i,L] where
+    channel_first[i], else [B,L,n_i]. scale: an optional [out] vector (Mamba2's in_scale).
+
+    Eager: one linear, split and transposed (views, as transformers). Under channel_first_projections(ctx): one
+    MatMul per part on its rows of the weight (sliced at export), the channel-first ones as W_i @ x^T, so that
+    the graph holds no Split or Transpose of the [L, out] product."""
+    sizes = list(sizes)
+    if not channel_first_projections(ctx):
+        y = linear(x) if scale is None else linear(x) * scale
+        return [p.transpose(1, 2) if cf else p for p, cf in zip(y.split(sizes, dim=-1), channel_first, strict=True)]
+    none = (None,) * len(sizes)
+    biases = none if linear.bias is None else linear.bias.split(sizes)
+    scales = none if scale is None else scale.split(sizes)
+    parts = []
+    for w, b, s, cf in zip(linear.weight.split(sizes), biases, scales, channel_first, strict=True):
+        if cf:  # [n,in] @ [B,in,L]: the small [L,in] transpose folds into the MatMul (ORT's FusedMatMul transB)
+            b, s = (None if t is None else t[:, None] for t in (b, s))
+            p = w @ x.transpose(1, 2)
+            p = p if b is None else p + b
+        else:
+            p = F.linear(x, w, b)
+        parts.append(p if s is None else p * s)
+    return parts
 
 
 FOLDED_CONSTANTS = tuple(FOLDED_PREFIX + n for n in ("A", "D", "dt_bias"))
@@ -107,8 +149,7 @@ class MambaMixer(nn.Module):
     def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x[B,L,H], [conv, ssm] -> y[B,L,H], [conv, ssm]."""
         conv_state, ssm_state = states
-        xz = self.in_proj(x).transpose(1, 2)  # [B,2D,L]
-        xs, z = xz.chunk(2, dim=1)  # [B,D,L] each
+        xs, z = split_linear(self.in_proj, x, (self.d_inner, self.d_inner), (True, True), ctx)  # [B,D,L] each
         xs, conv_state = run_conv(self.conv1d, xs, conv_state, ctx)
         y, ssm_state = selective_ssm(self, xs, z, ssm_state, ctx)
         return self.out_proj(y.transpose(1, 2)), [conv_state, ssm_state]
@@ -121,6 +162,10 @@ def selective_ssm(m: nn.Module, xs: torch.Tensor, z: torch.Tensor, ssm_state: to
 
     norms: RMSNorms applied to (dt, B, C) after x_proj (Hymba's mamba_inner_layernorms).
     """
+    if channel_first_projections(ctx):
+        dt, B, C = _x_proj_channel_first(m, xs, norms)
+        A, D, dt_bias = ssm_constants(m, m.dt_proj.bias)
+        return kernels.selective_scan(xs, dt, A, B, C, D, z, dt_bias, True, None if ctx.first else ssm_state)
     ts, B, C = m.x_proj(xs.transpose(1, 2)).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
     if norms is not None:
         ts, B, C = norms[0](ts), norms[1](B), norms[2](C)
@@ -134,6 +179,20 @@ def selective_ssm(m: nn.Module, xs: torch.Tensor, z: torch.Tensor, ssm_state: to
         return y.transpose(1, 2), ssm_state if ctx.inplace_states else ssm[:, 0]  # [B,D,1], [B,D,N]
     return kernels.selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), D, z, dt_bias,
                                   True, None if ctx.first else ssm_state)
+
+
+def _x_proj_channel_first(m: nn.Module, xs: torch.Tensor, norms: tuple[nn.Module, nn.Module, nn.Module] | None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """selective_ssm's (dt [B,D,L] without its bias, B [B,N,L], C [B,N,L]) from xs[B,D,L] for an exported
+    prefill: x_proj's three row blocks as separate MatMuls (no Split), dt = W_dt @ ts straight into [B,D,L]."""
+    parts = m.x_proj.weight.split([m.dt_rank, m.d_state, m.d_state])  # [R|N|N, D]
+    assert m.x_proj.bias is None  # as in Mamba1 and Hymba (the eager form would add it)
+    if norms is None:
+        ts, B, C = (w @ xs for w in parts)  # [B,R|N|N,L]
+    else:  # the norms run over R / N, the last dim of [B,L,R|N]; transposed back (R, N << D: small copies)
+        ts, B, C = (norm(F.linear(xs.transpose(1, 2), w)).transpose(1, 2) for norm, w in zip(norms, parts,
+                                                                                            strict=True))
+    return m.dt_proj.weight @ ts, B, C
 
 
 class ResidualMixerBlock(Block):

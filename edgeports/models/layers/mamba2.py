@@ -26,6 +26,7 @@ from edgeports.models.layers.mamba import (
     depthwise_conv,
     inverse_softplus_dt,
     run_conv,
+    split_linear,
     ssm_constants,
 )
 from edgeports.models.lm import Ctx
@@ -71,11 +72,10 @@ class Mamba2Mixer(nn.Module):
         conv_state, ssm_state = states
         bt, L, _ = x.shape
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
-        zxbcdt = self.in_proj(x)
-        if self.in_scale is not None:
-            zxbcdt = zxbcdt * self.in_scale
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)
-        xBC, conv_state = run_conv(self.conv1d, xBC.transpose(1, 2), conv_state, ctx)  # [B,conv_dim,L]
+        # z [B,L,D_inner], xBC [B,conv_dim,L] (the conv's layout), dt [B,L,H]
+        z, xBC, dt = split_linear(self.in_proj, x, (self.d_inner, self.conv_dim, H), (False, True, False), ctx,
+                                  self.in_scale)
+        xBC, conv_state = run_conv(self.conv1d, xBC, conv_state, ctx)  # [B,conv_dim,L]
         xs, B, C = xBC.transpose(1, 2).split([self.d_inner, G * N, G * N], dim=-1)
         A, D, dt_bias = ssm_constants(self, self.dt_bias)  # [H] each
         # the scan applies y * silu(z) where that comes first: without a norm, or a gated norm that gates before it

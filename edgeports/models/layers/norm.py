@@ -41,6 +41,12 @@ def onnx_form():
         _onnx_form = old
 
 
+def in_onnx_form() -> bool:
+    """True while `onnx_form()` is entered: layers that trace another form for ONNX (RMS norms here, the Mamba
+    mixers' channel-first projections in layers/mamba.py) read this one flag."""
+    return _onnx_form
+
+
 class RMSNorm(nn.Module):
     """y = weight * (x / rms(x)), statistics in float32, the product in the input dtype (Llama/Qwen2/Phi3)."""
 
