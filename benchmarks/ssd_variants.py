@@ -26,11 +26,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "q256": ("-DEP_SSD_Q=256",),  # half the chunk states of pass 1/2 to write and read
     "q256-wc4": ("-DEP_SSD_Q=256", "-DEP_SSD_WCOLS=4"),  # triton's blocking: 64x64 tiles of y, 4 warps
-    "q256-bm128": ("-DEP_SSD_Q=256", "-DEP_SSD_BM=128", "-DEP_SSD_WCOLS=4", "-DEP_SSD_STATE_WARPS=16"),
+    "q256-bm128": ("-DEP_SSD_Q=256", "-DEP_SSD_BM=128", "-DEP_SSD_STATE_WARPS=16"),  # 16-warp blocks in 1 and 3
     "wc4": ("-DEP_SSD_WCOLS=4",),  # 4 warps per pass-3 block: more blocks per SM
     "bm128": ("-DEP_SSD_BM=128",),  # one pass-3 block per (chunk, head), 16 warps
     "q64": ("-DEP_SSD_Q=64",),  # smaller blocks everywhere, twice the chunk states
-    "vec1-sw4": ("-DEP_SSD_PASS_VEC=1", "-DEP_SSD_STATE_WARPS=4"),  # pass 2 one element per thread
+    "vec1-sw16": ("-DEP_SSD_PASS_VEC=1", "-DEP_SSD_STATE_WARPS=16"),  # pass 2 scalar (as before); pass 1 16 warps
 }
 DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 # (batch, L, heads, headdim, groups, dstate): odd lengths, a partial last chunk for every Q
