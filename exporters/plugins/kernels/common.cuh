@@ -141,3 +141,10 @@ inline int launch_status() {
 }
 
 }  // namespace ep
+
+namespace ep {
+// MUFU-approximate forms (absolute error ~1e-7) for the prefill kernels' per-element work, where the accurate
+// expf / log1pf / IEEE division would cost more issue slots than the memory traffic or the scan they feed.
+__device__ __forceinline__ float softplus_fast(float x) { return x > 20.f ? x : __logf(1.f + __expf(x)); }
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.f + __expf(-x)); }
+}  // namespace ep
