@@ -3,10 +3,11 @@ its kernels, the decode roofline (weight + state bytes over the copy bandwidth m
 kernels per step and the largest kernels, grouped into kinds (gemv, scan/conv, copy, norm/elementwise).
 
     python benchmarks/decode_profile.py mamba2-2.7b mamba-2.8b --dtype float16 [--layers 8] [--out F.json]
-        [--decode-kernels custom,inline]
+        [--decode-kernels custom,inline] [--gemv auto,inductor]
 
 `--layers N` cuts each model to its first N layers (a quick look; the roofline scales with it).
-`--decode-kernels` profiles each model once per value of the compile option of that name (side by side). The step is
+`--decode-kernels` and `--gemv` profile each model once per combination of values of the compile options of those
+names (side by side). The step is
 the JitRunner's (runners/compile.py): the numbers are those `benchmarks/backends.py` reports as compile-jit.
 """
 
@@ -37,7 +38,7 @@ def kind_of(name: str) -> str:
 
 
 def profile_model(name: str, dtype: str, layers: int | None, prompt: int, steps: int, copy_gbs: float,
-                  top: int, freeze: bool = False, decode_kernels: str = "custom") -> dict:
+                  top: int, freeze: bool = False, decode_kernels: str = "custom", gemv: str = "auto") -> dict:
     """Build `name` on the GPU, compile it as compile-jit does, decode after a `prompt`-token prefill; return
     the step's timing, roofline share and kernel breakdown."""
     from backends import build_on_gpu
@@ -49,7 +50,7 @@ def profile_model(name: str, dtype: str, layers: int | None, prompt: int, steps:
     spec = lm.spec
     t0 = time.perf_counter()
     torch.cuda.reset_peak_memory_stats()
-    runner = JitRunner(lm, "cuda", batch=1, chunked=False, freeze=freeze, decode_kernels=decode_kernels)
+    runner = JitRunner(lm, "cuda", batch=1, chunked=False, freeze=freeze, decode_kernels=decode_kernels, gemv=gemv)
     compile_s = time.perf_counter() - t0
     ids = torch.randint(0, spec.config["vocab_size"], (1, prompt), device="cuda")
     runner.prefill(ids, max_len=prompt + 4 * steps + 16)
@@ -73,7 +74,8 @@ def profile_model(name: str, dtype: str, layers: int | None, prompt: int, steps:
         acc[1] += e.count / steps
     largest = sorted(events, key=lambda e: -e.self_device_time_total)[:top]
     return {"model": name, "layers": layers or spec.config.get("num_hidden_layers"), "dtype": dtype,
-            "freeze": freeze, "decode_kernels": decode_kernels, "weight_gib": round(runner.weight_bytes / 2**30, 2),
+            "freeze": freeze, "decode_kernels": decode_kernels, "gemv": runner.info["gemv"],
+            "weight_gib": round(runner.weight_bytes / 2**30, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "compile_s": round(compile_s, 1), "wall_ms": round(wall_ms, 4), "kernels_ms": round(kernels_ms, 4),
             "roofline_ms": round(roof_ms, 4), "pct_roofline": round(100 * roof_ms / wall_ms, 1),
@@ -85,7 +87,7 @@ def profile_model(name: str, dtype: str, layers: int | None, prompt: int, steps:
 
 def show(r: dict) -> str:
     """A few lines per model for the console."""
-    lines = [f"{r['model']} ({r['layers']} layers, {r['dtype']}, decode kernels {r['decode_kernels']}, "
+    lines = [f"{r['model']} ({r['layers']} layers, {r['dtype']}, decode kernels {r['decode_kernels']}, gemv {r['gemv']}, "
              f"freeze {r['freeze']}, weights {r['weight_gib']} "
              f"GiB, peak {r['peak_gib']} GiB): {r['wall_ms']:.3f} ms/step wall, kernels "
              f"{r['kernels_ms']:.3f} ms, roofline {r['roofline_ms']:.3f} ms = {r['pct_roofline']}%, "
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
                    help="compile decode with the weights frozen in (--opt freeze=true; off for compile-jit)")
     p.add_argument("--decode-kernels", default="custom",
                    help="comma-separated values of the compile option decode_kernels (custom, inline)")
+    p.add_argument("--gemv", default="auto", help="comma-separated values of the compile option gemv (auto, triton, "
+                   "inductor)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -115,18 +119,19 @@ def main(argv=None) -> int:
         return 2
     copy_gbs = peaks()["copy_gbs"]
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
-    from edgeports.exporters.compile import DECODE_KERNELS
+    from edgeports.exporters.compile import DECODE_KERNELS, GEMV_MODES
 
-    variants = args.decode_kernels.split(",")
-    if unknown := [v for v in variants if v not in DECODE_KERNELS]:
-        p.error(f"--decode-kernels: unknown {', '.join(unknown)} (known: {', '.join(DECODE_KERNELS)})")
+    variants, gemvs = args.decode_kernels.split(","), args.gemv.split(",")
+    for flag, values, known in (("--decode-kernels", variants, DECODE_KERNELS), ("--gemv", gemvs, GEMV_MODES)):
+        if unknown := [v for v in values if v not in known]:
+            p.error(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     results = []
-    for name, variant in ((n, v) for n in args.models for v in variants):
+    for name, variant, gemv in ((n, v, g) for n in args.models for v in variants for g in gemvs):
         try:
             r = profile_model(name, args.dtype, args.layers, args.prompt, args.steps, copy_gbs,
-                              args.top, freeze=args.freeze, decode_kernels=variant)
+                              args.top, freeze=args.freeze, decode_kernels=variant, gemv=gemv)
         except Exception as e:  # noqa: BLE001 - one model's failure must not lose the others' profiles
-            r = {"model": name, "decode_kernels": variant, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            r = {"model": name, "decode_kernels": variant, "gemv": gemv, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"{name}: {r['error']}", flush=True)
         else:
             print(show(r), flush=True)

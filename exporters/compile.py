@@ -33,7 +33,8 @@ give the shapes), never traced into Triton or Python loops; an infinite float ar
 Both modes fuse q/k/v and gate/up projections and fold the SSM mixers' constants (edgeports.models.fuse;
 extra["fuse"]=False keeps them apart and unfolded): fewer, larger GEMVs and fewer small kernels per decode
 step. The packages' weight names are then the fused ones (programs.json "fused_projections"); the folded
-constants are package constants of their own.
+constants are package constants of their own. On CUDA the decode program runs every projection as
+`edgeports::gemv`, one Triton GEMV of fixed configuration compiled into the program (extra["gemv"], gemv_of).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from edgeports.exporters.base import (
     write_manifest,
 )
 from edgeports.kernels import get_impl
+from edgeports.kernels.gemv import RowGemvs
 from edgeports.models import LM, ModelSpec
 
 NAME = "compile"
@@ -128,6 +130,31 @@ def decode_kernels_of(options: ExportOptions) -> str:
     return options.choice("decode_kernels", "custom", tuple(DECODE_KERNELS))
 
 
+GEMV_MODES = ("auto", "triton", "inductor")
+
+
+def gemv_of(options: ExportOptions) -> str:
+    """How a CUDA decode program runs its projections (extra "gemv"): "triton", each one `edgeports::gemv`, a
+    Triton GEMV with a fixed configuration per weight shape (edgeports/kernels/gemv.py); "inductor", Inductor's
+    own lowering of the M=1 matmuls (reductions fused with their neighbours, tuned by coordinate descent, whose
+    pick varies from one compile to the next); "auto" (default): triton where it runs (CUDA, triton installed).
+    Returns the value, checked (row_gemvs says what it means on a device)."""
+    return options.choice("gemv", "auto", GEMV_MODES)
+
+
+def row_gemvs(mode: str, device: torch.device) -> bool:
+    """Whether a decode program on `device` traces its one-row projections as `edgeports::gemv` (mode: a value
+    of gemv_of). Only CUDA programs do; "triton" anywhere else, or without triton, is an error."""
+    from edgeports.kernels import gemv
+
+    if mode == "inductor":
+        return False
+    ok, why = gemv.available() if device.type == "cuda" else (False, f"the program runs on {device.type}")
+    if not ok and mode == "triton":
+        raise EdgeportsError(f"--opt gemv=triton needs a CUDA device with triton ({why}); use gemv=inductor")
+    return ok
+
+
 WEIGHT_MODES = ("auto", "shared", "embedded")
 
 
@@ -140,21 +167,25 @@ def weights_mode(options: ExportOptions) -> str:
 
 # the `--opt` keys this backend reads, each with the function that checks its value (edgeports.options)
 OPTIONS = {"mode": mode_of, "fuse": fuses, "chunked": kinds_of, "freeze": freezes, "weights": weights_mode,
-           "decode_kernels": decode_kernels_of}
+           "decode_kernels": decode_kernels_of, "gemv": gemv_of}
 
 
 class InPlaceStep(nn.Module):
     """One LM call as `(ids[B,L], *state) -> logits[B,V]` that writes the new State into `state`.
 
     kind: "prefill" (fresh state), "prefill_cont" (continuing a state) or "decode" (L = 1).
-    step_ops: how decode runs the SSM step ops, a value of the decode_kernels option ("custom", "inline")."""
+    step_ops: how decode runs the SSM step ops, a value of the decode_kernels option ("custom", "inline").
+    gemvs: decode runs its projections as `edgeports::gemv` (row_gemvs)."""
 
-    def __init__(self, lm: LM, kind: str, step_ops: str = "custom"):
+    def __init__(self, lm: LM, kind: str, step_ops: str = "custom", gemvs: bool = False):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown program kind {kind!r}")
+        if gemvs and kind != "decode":
+            raise ValueError("only the decode program runs its projections as gemvs")
         self.lm = lm
         self.kind = kind
+        self.gemvs = gemvs
         self.kernels = kernels = DECODE_KERNELS[step_ops]  # the edgeports.kernels implementation; None: custom ops
         if kernels is not None:  # checked (and its availability cached) before tracing: see kernels.get_impl
             get_impl(kernels)
@@ -163,7 +194,8 @@ class InPlaceStep(nn.Module):
         if self.kind == "decode":
             # custom ops update the states in place (nothing to copy back); inlined step math is copied back,
             # which Inductor fuses into the kernel that computes it
-            logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None)
+            with RowGemvs() if self.gemvs else contextlib.nullcontext():
+                logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None)
         else:
             logits, new = self.lm.prefill(ids, state, first=self.kind == "prefill")
         for old, cur in zip(state, new, strict=True):
@@ -196,9 +228,10 @@ def example_inputs(lm: LM, kind: str, batch: int, max_len: int,
     return ids, lm.new_state(batch, s, device)
 
 
-def export_program(lm: LM, kind: str, batch: int, max_len: int,
-                   step_ops: str = "custom") -> torch.export.ExportedProgram:
-    """torch.export of InPlaceStep(lm, kind, step_ops): L dynamic in [2, max_len] (prefill kinds), S dims dynamic."""
+def export_program(lm: LM, kind: str, batch: int, max_len: int, step_ops: str = "custom",
+                   gemvs: bool = False) -> torch.export.ExportedProgram:
+    """torch.export of InPlaceStep(lm, kind, step_ops, gemvs): L dynamic in [2, max_len] (prefill kinds), S dims
+    dynamic."""
     device = lm.head_device()
     ids, state = example_inputs(lm, kind, batch, max_len, device)
     s_dim = torch.export.Dim("state_len", min=2, max=max_len)  # not "S": sympy reads that as its S
@@ -206,7 +239,7 @@ def export_program(lm: LM, kind: str, batch: int, max_len: int,
     dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
                  for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
-        ep = torch.export.export(InPlaceStep(lm, kind, step_ops), (ids, *state), dynamic_shapes=(ids_dims, dims),
+        ep = torch.export.export(InPlaceStep(lm, kind, step_ops, gemvs), (ids, *state), dynamic_shapes=(ids_dims, dims),
                                  strict=False)
     if ids_dims is not None:
         _check_prefill_range(ep, max_len)
@@ -441,7 +474,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     # checked before any work, in both modes
     fuse, kinds, weights = fuses(options), kinds_of(options), weights_mode(options)
     freezes(options)
-    step_ops = decode_kernels_of(options)
+    step_ops, gemv = decode_kernels_of(options), gemv_of(options)
     if mode_of(options) == "jit":
         from edgeports.exporters import eager
 
@@ -474,6 +507,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
     lm.requires_grad_(False).eval()
     device = lm.head_device()
     share = _shares_weights(weights, device)
+    gemvs = row_gemvs(gemv, device)
     batch, max_len = options.batch, options.max_len
     with stage(out_dir) as tmp:
         programs: dict[str, dict[str, Any]] = {}
@@ -481,7 +515,7 @@ def export(source: ModelSpec | LM, out_dir: str | Path, options: ExportOptions) 
         for kind in kinds:
             t = time.perf_counter()
             with reported(spec, f"torch.export of the {kind} program"):
-                ep = export_program(lm, kind, batch, max_len, step_ops)
+                ep = export_program(lm, kind, batch, max_len, step_ops, gemvs and kind == "decode")
             t_export = time.perf_counter() - t
             with reported(spec, f"AOTInductor compile of the {kind} program"):
                 compile_package(ep, tmp / f"{kind}.pt2", tuning_of(kind, device), share)

@@ -45,8 +45,10 @@ from edgeports.exporters.compile import (
     failure,
     freezes,
     fuses,
+    gemv_of,
     kinds_of,
     mode_of,
+    row_gemvs,
     state_len_dims,
     tuning_of,
 )
@@ -177,18 +179,21 @@ class JitRunner(CompiledRunner):
     """Our LM compiled with torch.compile in this process (see the module docstring)."""
 
     def __init__(self, lm, device: torch.device | str, batch: int, chunked: bool = True, fuse: bool = True,
-                 freeze: bool = False, decode_kernels: str = "custom"):
+                 freeze: bool = False, decode_kernels: str = "custom", gemv: str = "auto"):
         """Compiles `lm` (its q/k/v and gate/up projections fused and its SSM constants folded in place when
         `fuse`, see edgeports.models.fuse: pass a copy to keep the original; on CUDA its decode step with the weights
         frozen into it when `freeze`, see exporters/compile.freezes; decode's SSM step ops as the option
-        `decode_kernels` says, see exporters/compile.decode_kernels_of)."""
+        `decode_kernels` says, see exporters/compile.decode_kernels_of; its projections as `gemv` says, see
+        exporters/compile.gemv_of)."""
         from edgeports.models.fuse import fold_constants, fuse_projections
 
         lm.requires_grad_(False).eval()
         fused = fuse_projections(lm) if fuse else 0
         folded = fold_constants(lm) if fuse else 0
         kinds = ("prefill", "prefill_cont", "decode") if chunked else ("prefill", "decode")
-        programs = {k: _compiled(InPlaceStep(lm, k, decode_kernels), tuning_of(k, torch.device(device))) for k in kinds}
+        gemvs = row_gemvs(gemv, torch.device(device))
+        programs = {k: _compiled(InPlaceStep(lm, k, decode_kernels, gemvs and k == "decode"),
+                                 tuning_of(k, torch.device(device))) for k in kinds}
         super().__init__(device, next(lm.parameters()).dtype, programs)
         self.lm = lm
         self.weight_bytes = lm.weight_bytes()
@@ -196,7 +201,8 @@ class JitRunner(CompiledRunner):
         self._compiled: set[str] = set()
         self._freeze = freeze and self.device.type == "cuda"
         self.info.update(mode="jit", params=lm.num_params(), fused_modules=fused, folded_ssm_mixers=folded,
-                         frozen_decode=self._freeze, decode_kernels=decode_kernels)
+                         frozen_decode=self._freeze, decode_kernels=decode_kernels,
+                         gemv="triton" if gemvs else "inductor")
         t0 = time.perf_counter()
         ids = torch.randint(0, lm.spec.config["vocab_size"], (batch, WARM_LEN), device=self.device)
         with torch.inference_mode():  # settle lazy module attributes before dynamo guards on them
@@ -294,6 +300,7 @@ class AotRunner(CompiledRunner):
         self.weight_bytes = _tensor_bytes(artifact.file(WEIGHTS_FILE)) * (copies + (1 if shared else 0))
         self.info.update(mode="aot", weights=f"one copy in each of {copies} packages" if copies else meta["weights"],
                          decode_kernels=decode_kernels_of(artifact.options),
+                         gemv="triton" if meta["programs"].get("decode", {}).get("ops", {}).get("edgeports::gemv") else "inductor",
                          programs={k: v["ops"] for k, v in meta["programs"].items()})
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -422,7 +429,7 @@ def load(artifact: Artifact, device: str) -> CompiledRunner:
         lm = load_lm(artifact, device)
         return JitRunner(lm, device, artifact.options.batch, chunked="prefill_cont" in kinds_of(artifact.options),
                          fuse=fuses(artifact.options), freeze=freezes(artifact.options),
-                         decode_kernels=decode_kernels_of(artifact.options))
+                         decode_kernels=decode_kernels_of(artifact.options), gemv=gemv_of(artifact.options))
     return AotRunner(artifact, device)
 
 

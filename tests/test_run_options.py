@@ -34,7 +34,7 @@ def plan(tmp_path, **kw):
 
 @pytest.mark.parametrize("args, words", [
     (["--backend", "compile", "--opt", "mod=jit"], "backend 'compile' has no option 'mod' (its options: chunked, "
-                                                   "decode_kernels, freeze, fuse, mode, weights)"),
+                                                   "decode_kernels, freeze, fuse, gemv, mode, weights)"),
     (["--backend", "compile", "--opt", "mode=fast"], "option mode must be one of aot, jit, got 'fast'"),
     (["--backend", "compile", "--opt", "nope.mode=jit"], "no backend 'nope'"),
     (["--backend", "compile", "--opt", "mode"], "--opt wants KEY=VALUE or BACKEND.KEY=VALUE"),

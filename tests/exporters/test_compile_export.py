@@ -315,6 +315,7 @@ def test_inline_decode_kernels(tmp_path):
     ("fuse", True, (("false", False), ("true", True))),
     ("freeze", False, (("false", False), ("true", True))),
     ("decode_kernels", "custom", (("inline", "inline"), ("custom", "custom"))),
+    ("gemv", "auto", (("inductor", "inductor"), ("triton", "triton"))),
 ])
 def test_jit_artifact_passes_its_options_to_the_runner(tmp_path, monkeypatch, key, default, values):
     seen = []

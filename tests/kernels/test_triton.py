@@ -21,6 +21,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from edgeports.errors import EdgeportsError
 from edgeports.kernels import impl_ref
@@ -294,6 +295,21 @@ class TestInterpreter:
         check_wide(interp, "selective_scan", wide_scan_case(buf, L, 5, 8, True), 1e-4)
         check_wide(interp, "ssd_chunk_scan", wide_ssd_case(buf, L, 16, 16, True), 1e-4)
 
+    @pytest.mark.parametrize("n,k,bias,config", [(40, 100, True, None), (192, 5120, False, None),
+                                                  (600, 2048, True, None), (33, 96, True, (4, 32, 2)),
+                                                  (70, 256, True, (8, 64, 4)), (7, 1000, False, (2, 128, 4))])
+    def test_gemv(self, interp, n, k, bias, config):
+        """The decode GEMV against F.linear: default and forced configurations, ragged N and K, with and
+        without bias."""
+        from edgeports.kernels import triton_gemv
+
+        x, w = torch.randn(1, 1, k), torch.randn(n, k)
+        b = torch.randn(n) if bias else None
+        cfg = triton_gemv.GemvConfig(*config) if config else None
+        y = triton_gemv.gemv(x, w, b, cfg)
+        assert y.shape == (1, 1, n)
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
     def test_refuses_float64(self, interp):
         with pytest.raises(EdgeportsError, match="float64"):
             interp.causal_conv1d(torch.zeros(1, 2, 3, dtype=torch.float64), torch.zeros(2, 4))
@@ -382,6 +398,25 @@ def test_gpu_causal_conv1d(gpu, dtype, bt, dim, L, W, init):
 def test_gpu_chunked_prefill(gpu, dtype):
     check_chunked(gpu, "selective_scan", scan_case(1, 256, 16, 1000, dtype, "cuda"), 389, SCAN_SEQ)
     check_chunked(gpu, "ssd_chunk_scan", ssd_case(1, 1000, 8, 64, 128, 1, dtype, "cuda"), 389, SSD_SEQ)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,bias", [(10240, 2560, False), (192, 5120, False), (5120, 160, True),
+                                      (2560, 5120, True), (50280, 2560, False), (77, 1000, True)])
+def test_gpu_gemv(gpu, dtype, n, k, bias):
+    """The decode GEMV at its configured launch (mamba-2.8b's projection shapes and a ragged one) against
+    F.linear in float32, through the edgeports::gemv op (eager and compiled)."""
+    from edgeports.kernels.gemv import gemv
+
+    x = torch.randn(1, 1, k, device="cuda").to(dtype)
+    w = (torch.randn(n, k, device="cuda") / k ** 0.5).to(dtype)
+    b = torch.randn(n, device="cuda").to(dtype) if bias else None
+    ref = F.linear(x.float(), w.float(), None if b is None else b.float())
+    torch._dynamo.reset()  # a compile per case: past the recompile limit fullgraph=True would fail
+    for y in (gemv(x, w, b), torch.compile(gemv, fullgraph=True)(x, w, b)):
+        assert y.dtype == dtype and y.shape == (1, 1, n)
+        torch.testing.assert_close(y.float(), ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
 
 
 @pytest.mark.gpu

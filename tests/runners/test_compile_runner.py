@@ -141,15 +141,19 @@ def test_compile_failure_names_arch_and_op(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode, kernels", [("jit", "custom"), ("aot", "custom"), ("jit", "inline")])
+@pytest.mark.parametrize("mode, kernels, gemv", [("jit", "custom", "auto"), ("aot", "custom", "auto"),
+                                                ("jit", "inline", "auto"), ("jit", "custom", "inductor"),
+                                                ("aot", "custom", "inductor")])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-mamba", "tiny-mamba2"])
-def test_cuda_graph_decode(tmp_path, mode, kernels, name):
-    """On CUDA the decode step is captured after its first plain call and replayed; logits match eager."""
+def test_cuda_graph_decode(tmp_path, mode, kernels, gemv, name):
+    """On CUDA the decode step is captured after its first plain call and replayed; logits match eager, with
+    the projections as edgeports::gemv (auto, on CUDA) or Inductor's own."""
     if kernels == "inline" and name == "tiny-llama":
         pytest.skip("no SSM step ops")
     options = ExportOptions(dtype="float32", max_len=128, device="cuda",
-                            extra=(("mode", mode), ("decode_kernels", kernels)))
+                            extra=(("mode", mode), ("decode_kernels", kernels), ("gemv", gemv)))
     runner = crun.load(cexport.export(get_spec(name), tmp_path / "a", options), "cuda")
+    assert runner.info["gemv"] == ("triton" if gemv == "auto" else "inductor"), runner.info
     ref = EagerRunner(crun.parity_reference(runner), "cuda")
     for length in (37, 64):
         ids = torch.randint(0, 256, (1, length), device="cuda")

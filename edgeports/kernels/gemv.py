@@ -1,0 +1,71 @@
+"""`edgeports::gemv`: a projection of one activation row as one Triton kernel with a fixed configuration,
+and `RowGemvs`, the context that routes a program's one-row `F.linear` calls to it.
+
+The compile backend's CUDA decode step traces under RowGemvs (exporters/compile.py, option `gemv`), so every
+projection of the step (q/k/v, MLP, Mamba in/x/dt/out, the LM head) is this kernel instead of the reduction
+Inductor would generate for an M=1 matmul. The op is a `torch.library.triton_op`: torch.compile and
+AOTInductor see the Triton kernel inside it and compile it into their programs (an AOT package needs no
+Python to run it). Off CUDA the op is F.linear (the CPU tests check the routing with it). The kernel and its configurations: edgeports/kernels/triton_gemv.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from edgeports.errors import EdgeportsError
+
+Tensor = torch.Tensor
+
+
+@torch.library.triton_op("edgeports::gemv", mutates_args=())
+def _gemv_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    from edgeports.kernels import triton_gemv  # triton is optional: imported when the op runs on CUDA
+
+    return triton_gemv.gemv(x, weight, bias)
+
+
+@_gemv_op.register_kernel("cpu")
+def _(x, weight, bias):
+    return F.linear(x, weight, bias)
+
+
+def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear(x, weight, bias) for x [..., K] holding one row, as `edgeports::gemv` -> [..., N]."""
+    if x.shape[:-1].numel() != 1:
+        raise EdgeportsError(f"gemv takes one activation row, got x of shape {tuple(x.shape)}")
+    return torch.ops.edgeports.gemv(x, weight, bias)
+
+
+def available() -> tuple[bool, str]:
+    """Whether the Triton GEMV can run here: triton installed and a CUDA GPU."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    return True, ""
+
+
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)  # `@` arrives as Tensor.matmul
+
+
+class RowGemvs(TorchFunctionMode):
+    """Within this mode, a projection of one activation row runs `edgeports::gemv`: `F.linear(x, W, b)`, and
+    `x @ W.t()` (a matmul by a transposed [N, K] weight, as Mamba's dt projection writes it). Every other call
+    runs as it is. Works in eager, under torch.compile and under torch.export."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if weight.dim() == 2 and x.shape[:-1].numel() == 1:
+                return torch.ops.edgeports.gemv(x, weight, bias)
+        elif func in _MATMULS and len(args) == 2 and not kwargs:
+            x, w_t = args  # w_t [K, N], the transpose of a weight laid out [N, K]
+            if x.dim() >= 2 and x.shape[:-1].numel() == 1 and w_t.dim() == 2 and w_t.stride(0) == 1:
+                return torch.ops.edgeports.gemv(x, w_t.t(), None)
+        return func(*args, **kwargs)

@@ -1,0 +1,93 @@
+"""Triton kernel for the decode step's projections: y[N] = W[N, K] @ x[K] (+ bias), one activation row.
+
+At decode every projection reads its whole weight to produce one row, so it is bound by memory bandwidth,
+and its time is the weight's bytes over the bandwidth it reaches. Inductor lowers these M=1 matmuls to
+generic reductions whose tuned configuration varies from one compile to the next (H100, mamba-2.8b's in_proj:
+18.5 µs in one compile, 25.7 µs in another); this kernel has a fixed configuration per weight shape,
+`config_for(N, K)`, chosen from `benchmarks/gemv.py` runs.
+
+Each program owns BLOCK_N rows and streams their [BLOCK_N, BLOCK_K] tiles of W (read once: evict-first)
+against the matching part of x, accumulating in float32. Imported lazily by edgeports.kernels.gemv (triton is
+an optional dependency).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """One launch configuration: rows per program, K tile, warps."""
+
+    block_n: int
+    block_k: int
+    warps: int
+
+
+def config_for(n: int, k: int, sms: int = 132) -> GemvConfig:
+    """The launch configuration for an [n, k] weight on a GPU with `sms` multiprocessors. From a sweep on the
+    H100 (benchmarks/gemv.py, fp16, the projections of mamba-2.8b, mamba2-2.7b and llama-3.2-1b): K tiles of
+    1024 and 2048 weights per program's tile were within 3% of each shape's best (of 40 configurations, K split
+    in slices included, which never won); a weight with few rows (x_proj: 192) gets one row per program and 8
+    warps, so that its few programs still keep enough loads in flight (3.2 against 4.3 µs)."""
+    block_k = min(1024, max(16, triton.next_power_of_2(k)))
+    block_n = max(1, 2048 // block_k)
+    if triton.cdiv(n, block_n) < 2 * sms:
+        return GemvConfig(1, block_k, 8)
+    return GemvConfig(block_n, block_k, 4)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] rows of W
+    n_mask = rn < N
+    rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BN, 1]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)  # [BK]
+        if EVEN_K:  # only the rows can be ragged
+            w = tl.load(rows + rk[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
+            x = tl.load(x_ptr + rk)
+        else:
+            k_mask = rk < K
+            w = tl.load(rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            x = tl.load(x_ptr + rk, mask=k_mask, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    y = tl.sum(acc, axis=1)  # [BN]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: GemvConfig | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for an x of one row (x [..., K] with one row in all; weight [N, K] with unit
+    stride along K; bias [N]) -> [..., N] in x's dtype, accumulated in float32. Launches through
+    torch.library.wrap_triton, so torch.compile and AOTInductor compile the kernel into their programs."""
+    n, k = weight.shape
+    x1 = x.reshape(k)
+    if x1.stride(0) != 1:
+        x1 = x1.contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    cfg = config or config_for(n, k, _sm_count(x.device))
+    out = torch.empty(n, device=x.device, dtype=x.dtype)
+    torch.library.wrap_triton(_gemv_kernel)[(triton.cdiv(n, cfg.block_n),)](
+        x1, weight, bias if bias is not None else x1, out, n, k, weight.stride(0),
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0,
+        num_warps=cfg.warps)
+    return out.view(*x.shape[:-1], n)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # the triton CPU interpreter (tests): configure as for an H100
+    return torch.cuda.get_device_properties(device).multi_processor_count
