@@ -62,11 +62,9 @@ def split_linear(linear: nn.Linear, x: torch.Tensor, sizes: Sequence[int], chann
     if not channel_first_projections(ctx):
         y = linear(x) if scale is None else linear(x) * scale
         return [p.transpose(1, 2) if cf else p for p, cf in zip(y.split(sizes, dim=-1), channel_first, strict=True)]
-    none = (None,) * len(sizes)
-    biases = none if linear.bias is None else linear.bias.split(sizes)
-    scales = none if scale is None else scale.split(sizes)
     parts = []
-    for w, b, s, cf in zip(linear.weight.split(sizes), biases, scales, channel_first, strict=True):
+    for w, b, s, cf in zip(*(_rows(t, sizes) for t in (linear.weight, linear.bias, scale)), channel_first,
+                           strict=True):
         if cf:  # [n,in] @ [B,in,L]: the small [L,in] transpose folds into the MatMul (ORT's FusedMatMul transB)
             b, s = (None if t is None else t[:, None] for t in (b, s))
             p = w @ x.transpose(1, 2)
@@ -75,6 +73,16 @@ def split_linear(linear: nn.Linear, x: torch.Tensor, sizes: Sequence[int], chann
             p = F.linear(x, w, b)
         parts.append(p if s is None else p * s)
     return parts
+
+
+def _rows(t: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor | None]:
+    """t's consecutive row blocks of `sizes` (Nones for no t), as slices: single-output ONNX nodes, which the
+    exporter's constant folding turns into initializers where they are small (it skips a multi-output Split),
+    as ONNX Runtime's does for any size when it loads the graph."""
+    if t is None:
+        return [None] * len(sizes)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [t[a:a + n] for a, n in zip(starts, sizes, strict=True)]
 
 
 FOLDED_CONSTANTS = tuple(FOLDED_PREFIX + n for n in ("A", "D", "dt_bias"))
@@ -185,7 +193,7 @@ def _x_proj_channel_first(m: nn.Module, xs: torch.Tensor, norms: tuple[nn.Module
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """selective_ssm's (dt [B,D,L] without its bias, B [B,N,L], C [B,N,L]) from xs[B,D,L] for an exported
     prefill: x_proj's three row blocks as separate MatMuls (no Split), dt = W_dt @ ts straight into [B,D,L]."""
-    parts = m.x_proj.weight.split([m.dt_rank, m.d_state, m.d_state])  # [R|N|N, D]
+    parts = _rows(m.x_proj.weight, [m.dt_rank, m.d_state, m.d_state])  # [R|N|N, D]
     assert m.x_proj.bias is None  # as in Mamba1 and Hymba (the eager form would add it)
     if norms is None:
         ts, B, C = (w @ xs for w in parts)  # [B,R|N|N,L]
