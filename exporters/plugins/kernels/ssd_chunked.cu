@@ -25,7 +25,9 @@
 #define EP_SSD_Q 128
 #endif
 #ifndef EP_SSD_BM  // rows of y per block of pass 3: a power of two >= 16 (capped at the chunk length)
-#define EP_SSD_BM 64
+// 128: H100, mamba2-2.7b at 16k, 1.46 ms bf16 / 1.32 ms fp16 against 1.57 / 1.44 with 64
+// (benchmarks/ssd_variants.py, 2026-11-23; triton 0.78 ms)
+#define EP_SSD_BM 128
 #endif
 #ifndef EP_SSD_WCOLS  // 16-column tiles of y per warp in pass 3 (warps per block: BM/16 * headdim/16/WCOLS)
 #define EP_SSD_WCOLS 2
