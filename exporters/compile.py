@@ -195,7 +195,8 @@ class InPlaceStep(nn.Module):
             # custom ops update the states in place (nothing to copy back); inlined step math is copied back,
             # which Inductor fuses into the kernel that computes it
             with RowGemvs() if self.gemvs else contextlib.nullcontext():
-                logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None)
+                logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None,
+                                             gemvs=self.gemvs)
         else:
             logits, new = self.lm.prefill(ids, state, first=self.kind == "prefill")
         for old, cur in zip(state, new, strict=True):

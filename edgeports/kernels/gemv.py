@@ -1,5 +1,7 @@
 """`edgeports::gemv`: a projection of one activation row as one Triton kernel with a fixed configuration,
-and `RowGemvs`, the context that routes a program's one-row `F.linear` calls to it.
+`RowGemvs`, the context that routes a program's one-row `F.linear` calls to it, and
+`edgeports::rms_norm_gemv`, the same kernel with an RMS norm of its input folded in (what a layer calls itself
+where a norm feeds a projection and nothing else: Mamba2's gated norm before out_proj, see Ctx.gemvs).
 
 The compile backend's CUDA decode step traces under RowGemvs (exporters/compile.py, option `gemv`), so every
 projection of the step (q/k/v, MLP, Mamba in/x/dt/out, the LM head) is this kernel instead of the reduction
@@ -31,6 +33,29 @@ def _gemv_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 @_gemv_op.register_kernel("cpu")
 def _(x, weight, bias):
     return F.linear(x, weight, bias)
+
+
+@torch.library.triton_op("edgeports::rms_norm_gemv", mutates_args=())
+def _rms_norm_gemv_op(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: Tensor | None) -> Tensor:
+    from edgeports.kernels import triton_gemv
+
+    return triton_gemv.gemv(x, weight, bias, norm_weight=norm_weight, eps=eps)
+
+
+@_rms_norm_gemv_op.register_kernel("cpu")
+def _(x, norm_weight, eps, weight, bias):
+    xf = x.float()
+    normed = norm_weight.float() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return F.linear(normed, weight.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
+def rms_norm_gemv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear(rmsnorm(x) * norm_weight, weight, bias) for x [..., K] holding one row, as one kernel
+    (`edgeports::rms_norm_gemv`): each program of the GEMV sums x^2 as it streams x, so the norm costs no
+    kernel of its own. Float32 throughout (an eager norm rounds its output to x's dtype first) -> [..., N]."""
+    if x.shape[:-1].numel() != 1:
+        raise EdgeportsError(f"rms_norm_gemv takes one activation row, got x of shape {tuple(x.shape)}")
+    return torch.ops.edgeports.rms_norm_gemv(x, norm_weight, float(eps), weight, bias)
 
 
 def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -43,48 +43,64 @@ def config_for(n: int, k: int, sms: int = 132) -> GemvConfig:
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr):
+def _gemv_kernel(x_ptr, g_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn, eps,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                 NORM: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] rows of W
     n_mask = rn < N
     rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BN, 1]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    sq = tl.zeros((BLOCK_K,), dtype=tl.float32)  # NORM: x^2, summed at the end
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # [BK]
         if EVEN_K:  # only the rows can be ragged
             w = tl.load(rows + rk[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
-            x = tl.load(x_ptr + rk)
+            x = tl.load(x_ptr + rk).to(tl.float32)
+            if NORM:
+                g = tl.load(g_ptr + rk).to(tl.float32)
         else:
             k_mask = rk < K
             w = tl.load(rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
                         eviction_policy="evict_first")
-            x = tl.load(x_ptr + rk, mask=k_mask, other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            x = tl.load(x_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+            if NORM:
+                g = tl.load(g_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+        if NORM:  # every program walks all of x, so each has the whole mean square at the end
+            sq += x * x
+            x = x * g
+        acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)  # [BN]
+    if NORM:  # W (g * x / rms(x)) = (W (g * x)) / rms(x)
+        y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None) -> torch.Tensor:
+         config: GemvConfig | None = None, norm_weight: torch.Tensor | None = None,
+         eps: float = 0.0) -> torch.Tensor:
     """F.linear(x, weight, bias) for an x of one row (x [..., K] with one row in all; weight [N, K] with unit
-    stride along K; bias [N]) -> [..., N] in x's dtype, accumulated in float32. Launches through
-    torch.library.wrap_triton, so torch.compile and AOTInductor compile the kernel into their programs."""
+    stride along K; bias [N]) -> [..., N] in x's dtype, accumulated in float32. With `norm_weight` [K], x is
+    RMS-normalised first: F.linear(norm_weight * x / sqrt(mean(x^2) + eps), weight, bias), in float32
+    throughout. Launches through torch.library.wrap_triton, so torch.compile and AOTInductor compile the
+    kernel into their programs."""
     n, k = weight.shape
-    x1 = x.reshape(k)
-    if x1.stride(0) != 1:
-        x1 = x1.contiguous()
-    if weight.stride(1) != 1:
-        weight = weight.contiguous()
+    x1 = _unit_stride(x.reshape(k))
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    g = _unit_stride(norm_weight) if norm_weight is not None else x1
     cfg = config or config_for(n, k, _sm_count(x.device))
     out = torch.empty(n, device=x.device, dtype=x.dtype)
     torch.library.wrap_triton(_gemv_kernel)[(triton.cdiv(n, cfg.block_n),)](
-        x1, weight, bias if bias is not None else x1, out, n, k, weight.stride(0),
+        x1, g, weight, bias if bias is not None else x1, out, n, k, weight.stride(0), float(eps),
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0,
-        num_warps=cfg.warps)
+        NORM=norm_weight is not None, num_warps=cfg.warps)
     return out.view(*x.shape[:-1], n)
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _sm_count(device: torch.device) -> int:

@@ -51,6 +51,7 @@ class Ctx:
     decode: bool
     kernels: str | None = None  # the edgeports.kernels implementation of this call's SSM ops; None: the default
     inplace_states: bool = False  # decode's SSM step ops write the conv/SSM states into the given tensors
+    gemvs: bool = False  # decode's projections run as edgeports::gemv: a norm feeding one alone may fuse into it
     extras: dict[str, Any] = field(default_factory=dict)  # arch-specific (e.g. Zamba2's original embeddings)
 
     def positions(self) -> torch.Tensor:
@@ -150,10 +151,10 @@ class LM(nn.Module):
         return self.head(self.norm(x)).float()
 
     def _run(self, ids: torch.Tensor, state: State, first: bool, decode: bool, kernels: str | None = None,
-             inplace_states: bool = False) -> tuple[torch.Tensor, State]:
+             inplace_states: bool = False, gemvs: bool = False) -> tuple[torch.Tensor, State]:
         pos = state[-1]
         ctx = Ctx(pos=pos, seq_len=ids.shape[1], first=first, decode=decode, kernels=kernels,
-                  inplace_states=inplace_states)
+                  inplace_states=inplace_states, gemvs=gemvs)
         x = self.embed_tokens(ids, ctx)  # [B,L,H]
         new_state: list[torch.Tensor] = []
         for block, states in zip(self.blocks, self._split(state), strict=True):
@@ -167,12 +168,15 @@ class LM(nn.Module):
         return self._run(ids, state, first=first, decode=False)
 
     def decode(self, ids: torch.Tensor, state: State, kernels: str | None = None,
-               inplace_states: bool = False) -> tuple[torch.Tensor, State]:
+               inplace_states: bool = False, gemvs: bool = False) -> tuple[torch.Tensor, State]:
         """ids[B,1] -> (logits[B,V], State advanced by 1). Static shapes for a given (batch, max_len).
         kernels: the edgeports.kernels implementation of the SSM step ops (None: the module's default);
         inplace_states: those ops write the new conv/SSM states into `state`'s tensors, which come back as
-        they are (edgeports.kernels' in-place ops: no copy-back for a caller that keeps the State in place)."""
-        return self._run(ids, state, first=False, decode=True, kernels=kernels, inplace_states=inplace_states)
+        they are (edgeports.kernels' in-place ops: no copy-back for a caller that keeps the State in place);
+        gemvs: the caller runs the projections as edgeports::gemv (edgeports.kernels.gemv.RowGemvs), and a
+        norm that feeds one projection alone is folded into it (edgeports::rms_norm_gemv)."""
+        return self._run(ids, state, first=False, decode=True, kernels=kernels, inplace_states=inplace_states,
+                         gemvs=gemvs)
 
     def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat form for exporters: prefill from any state, returning (logits, *state)."""

@@ -60,24 +60,41 @@ def test_gemv_refuses_several_rows():
     assert torch.equal(gemv(torch.ones(1, 1, 3), torch.eye(3)), torch.ones(1, 1, 3))
 
 
-@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-llama"])
-def test_decode_program_with_gemvs(name):
-    """A decode program traced with gemvs runs every projection (each Linear, the head) as edgeports::gemv
-    and computes what the program without them does."""
+@pytest.mark.parametrize("name, fused_norms", [("tiny-mamba", 0), ("tiny-llama", 0), ("tiny-mamba2", 2)])
+def test_decode_program_with_gemvs(name, fused_norms):
+    """A decode program traced with gemvs runs every projection (each Linear, the head) as edgeports::gemv,
+    Mamba2's gated norm and out_proj as one edgeports::rms_norm_gemv, and computes what the program without
+    them does."""
     lm = build(get_spec(name), dtype="float32", seed=3).requires_grad_(False).eval()
     fuse_projections(lm)
     fold_constants(lm)
     linears = sum(isinstance(m, nn.Linear) for m in lm.modules())  # Mamba's dt_proj: x @ W.t() (no bias)
     plain = cexport.export_program(lm, "decode", 1, 32)
     routed = cexport.export_program(lm, "decode", 1, 32, gemvs=True)
-    assert _targets(routed.graph).count("edgeports.gemv.default") == linears
-    assert "edgeports.gemv.default" not in _targets(plain.graph)
-    assert cexport.graph_ops(routed)["edgeports::gemv"] == linears
+    assert _targets(routed.graph).count("edgeports.gemv.default") == linears - fused_norms
+    assert _targets(routed.graph).count("edgeports.rms_norm_gemv.default") == fused_norms
+    assert not {"edgeports.gemv.default", "edgeports.rms_norm_gemv.default"} & set(_targets(plain.graph))
+    assert cexport.graph_ops(routed)["edgeports::gemv"] == linears - fused_norms
     ids, state = cexport.example_inputs(lm, "decode", 1, 32, torch.device("cpu"))
     s1, s2 = [t.clone() for t in state], [t.clone() for t in state]
     torch.testing.assert_close(routed.module()(ids, *s1), plain.module()(ids, *s2), rtol=1e-5, atol=1e-5)
     for a, b in zip(s1, s2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm_gemv_is_norm_then_linear():
+    """The op's CPU form against GatedRMSNorm (no gate, one group) and F.linear; several rows refused."""
+    from edgeports.kernels.gemv import rms_norm_gemv
+    from edgeports.models.layers.norm import GatedRMSNorm
+
+    norm = GatedRMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    assert norm.is_plain_rms() and not GatedRMSNorm(24, group_size=8).is_plain_rms()
+    x, w, b = torch.randn(1, 1, 24), torch.randn(10, 24), torch.randn(10)
+    torch.testing.assert_close(rms_norm_gemv(x, norm.weight, norm.eps, w, b), F.linear(norm(x), w, b))
+    with pytest.raises(EdgeportsError, match="one activation row"):
+        rms_norm_gemv(torch.randn(1, 2, 24), norm.weight, 1e-5, w)
 
 
 def test_gemv_option():

@@ -309,6 +309,10 @@ class TestInterpreter:
         y = triton_gemv.gemv(x, w, b, cfg)
         assert y.shape == (1, 1, n)
         torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+        g = torch.rand(k) + 0.5  # with the RMS norm folded in
+        normed = g * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+        y = triton_gemv.gemv(x, w, b, cfg, norm_weight=g, eps=1e-5)
+        torch.testing.assert_close(y, F.linear(normed, w, b), rtol=1e-5, atol=1e-4)
 
     def test_refuses_float64(self, interp):
         with pytest.raises(EdgeportsError, match="float64"):
@@ -406,8 +410,9 @@ def test_gpu_chunked_prefill(gpu, dtype):
                                       (2560, 5120, True), (50280, 2560, False), (77, 1000, True)])
 def test_gpu_gemv(gpu, dtype, n, k, bias):
     """The decode GEMV at its configured launch (mamba-2.8b's projection shapes and a ragged one) against
-    F.linear in float32, through the edgeports::gemv op (eager and compiled)."""
-    from edgeports.kernels.gemv import gemv
+    F.linear in float32, through the edgeports::gemv op (eager and compiled); the same with an RMS norm folded
+    in (edgeports::rms_norm_gemv)."""
+    from edgeports.kernels.gemv import gemv, rms_norm_gemv
 
     x = torch.randn(1, 1, k, device="cuda").to(dtype)
     w = (torch.randn(n, k, device="cuda") / k ** 0.5).to(dtype)
@@ -416,6 +421,12 @@ def test_gpu_gemv(gpu, dtype, n, k, bias):
     torch._dynamo.reset()  # a compile per case: past the recompile limit fullgraph=True would fail
     for y in (gemv(x, w, b), torch.compile(gemv, fullgraph=True)(x, w, b)):
         assert y.dtype == dtype and y.shape == (1, 1, n)
+        torch.testing.assert_close(y.float(), ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
+    g = (torch.rand(k, device="cuda") + 0.5).to(dtype)  # with the RMS norm folded in
+    xf = x.float()
+    normed = g.float() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+    ref = F.linear(normed, w.float(), None if b is None else b.float())
+    for y in (rms_norm_gemv(x, g, 1e-5, w, b), torch.compile(rms_norm_gemv, fullgraph=True)(x, g, 1e-5, w, b)):
         torch.testing.assert_close(y.float(), ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgeports import kernels
+from edgeports.kernels import gemv
 from edgeports.models.layers.mamba import (
     conv_slot,
     depthwise_conv,
@@ -94,6 +95,11 @@ class Mamba2Mixer(nn.Module):
                 D, None if gate is None else gate.reshape(bt, L, H, P), dt_bias, True, self.dt_min, self.dt_max,
                 None if ctx.first else ssm_state)
         y = y.reshape(bt, L, self.d_inner)
+        if ctx.gemvs and gate_in_scan and getattr(self.norm, "is_plain_rms", lambda: False)():
+            # decode with edgeports::gemv: the (ungated, one-group) norm folds into out_proj's GEMV
+            out = gemv.rms_norm_gemv(y.to(x.dtype), self.norm.weight, self.norm.eps, self.out_proj.weight,
+                                     self.out_proj.bias)
+            return out, [conv_state, ssm_state]
         if self.norm is not None:
             y = self.norm(y, None if gate_in_scan else z)
         return self.out_proj(y.to(x.dtype)), [conv_state, ssm_state]

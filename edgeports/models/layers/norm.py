@@ -104,6 +104,10 @@ class GatedRMSNorm(nn.Module):
             h = h * g
         return h.to(dtype)
 
+    def is_plain_rms(self) -> bool:
+        """Whether, called without a gate, this is weight * rmsnorm(x) over the whole last dim (one group)."""
+        return self.group_size == self.weight.shape[0]
+
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "
                 f"norm_before_gate={self.norm_before_gate}")
