@@ -28,7 +28,7 @@ from _bench import peaks  # noqa: E402
 # kernel name -> kind; first match wins (Inductor names fused kernels after the ops they hold)
 KINDS = (("scan/conv", r"selective|state_update|conv1d|_ssd_|scan"),
          ("gemv/gemm", r"gemm|gemv|sm90|cutlass|cublas|mm_|_mm|addmm|bmm|red_fused_.*(mm|linear)"),
-         ("copy", r"copy|memcpy|memset|clone|cat"),
+         ("copy", r"(?<!_to_)copy|memcpy|memset|clone|cat"),  # not Inductor's `_to_copy` (a cast, e.g. in a norm)
          ("norm/elementwise", r"."))
 
 
