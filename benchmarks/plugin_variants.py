@@ -13,25 +13,26 @@ faster than triton) and, for the conv, a device copy of x (its bandwidth floor).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _variants  # noqa: E402
 
-# name -> nvcc flags. Defaults: scan 8 lanes x 2 states per channel at dstate 16 (EP_SCAN_LANES), 32-step tiles
-# (EP_SCAN_TILE), 64-thread blocks (EP_SCAN_THREADS), registers uncapped (EP_SCAN_MIN_BLOCKS), one pass unless < 4
-# warps per SM (EP_SCAN_CHUNK_WARPS);
-# conv 8 outputs per thread (EP_CONV_VEC). The conv flags ride on scan variants: each op's time depends only
-# on its own flags, so one build measures one variant of each.
+# name -> nvcc flags. Defaults (selective_scan.cu, causal_conv1d.cu): scan 8 lanes x 2 states per channel at
+# dstate 16 (EP_SCAN_LANES), 32-step tiles (EP_SCAN_TILE), 64-thread blocks (EP_SCAN_THREADS), registers uncapped
+# (EP_SCAN_MIN_BLOCKS), one pass unless < 4 warps per SM (EP_SCAN_CHUNK_WARPS); conv 16 outputs per thread
+# (EP_CONV_VEC; 8 until the H100 run of 2026-11-23, so "tile64+cv16"'s conv side is now the default's). The conv
+# flags ride on scan variants: each op's time depends only on its own flags, so one build measures one variant of
+# each (the conv columns in results/h100-2026-11-23/13-plugin-variants-scan-conv.txt of the variants without a
+# conv flag were measured at 8 outputs per thread).
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "lanes4+cv4": ("-DEP_SCAN_LANES=4", "-DEP_CONV_VEC=4"),  # 4 states per lane: half the warps, fewer shuffles
     "lanes16": ("-DEP_SCAN_LANES=16",),  # 1 state per lane: twice the warps, more per-step overhead
     "tile16": ("-DEP_SCAN_TILE=16",),  # fewer registers, twice the barriers per step
-    "tile64+cv16": ("-DEP_SCAN_TILE=64", "-DEP_CONV_VEC=16"),  # 64-step tiles; conv: two 16-byte vectors
+    "tile64+cv16": ("-DEP_SCAN_TILE=64", "-DEP_CONV_VEC=16"),  # 64-step tiles; conv: two 16-byte vectors (default)
     "threads128": ("-DEP_SCAN_THREADS=128",),  # 16 channels per block: fewer B/C re-reads, coarser balance
     "minb8": ("-DEP_SCAN_MIN_BLOCKS=8",),  # registers capped at 128 (more warps fit, a few spills)
     "twopass": ("-DEP_SCAN_CHUNK_WARPS=64", "-DEP_SCAN_CHUNK_TARGET=64"),  # the chunked form, forced
@@ -136,56 +137,31 @@ def _mamba_inputs(op: str, L: int, dtype) -> dict:
                 D=r(d, dt=torch.float32), z=r(1, d, L), delta_bias=r(d, dt=torch.float32), delta_softplus=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Build, check, time and print the variants' table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lens", default="2048,16384", help="sequence lengths to time (comma-separated)")
-    ap.add_argument("--dtypes", default="bf16,fp16", help=f"timed dtypes, of {', '.join(DTYPES)} (all are checked)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
-    ap.add_argument("--jobs", type=int, default=min(len(VARIANTS), os.cpu_count() or 1), help="parallel nvcc builds")
-    ap.add_argument("--arch", default=None, help="GPU architecture to build for (default: the current GPU's)")
-    args = ap.parse_args()
-    names = [v for v in args.variants.split(",") if v]
-    timed = [DTYPES[d] for d in args.dtypes.split(",") if d]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"plugin_variants: unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+    ap = _variants.parser(__doc__, VARIANTS, DTYPES, lens="2048,16384",
+                          dtypes_help=f"timed dtypes, of {', '.join(DTYPES)} (all are checked)")
+    args = ap.parse_args(argv)
+    sel = _variants.select("plugin_variants", args, VARIANTS, DTYPES)
+    libs, has_triton = _variants.start("plugin_variants", args, sel, VARIANTS,
+                                       lambda lib: check(lib, list(DTYPES.values())))
     import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("plugin_variants: needs a CUDA GPU")
     from _bench import median_ms
-    from _variants import checked_variants
 
     from edgeports import kernels
-    from edgeports.exporters import plugin_build
-    from edgeports.kernels import impl_cuda
 
-    arch = args.arch or plugin_build.current_arch()
-    print(f"# {torch.cuda.get_device_name()}  sm_{arch}  variants: {', '.join(names)}", flush=True)
-    libs = checked_variants({n: VARIANTS[n] for n in names}, arch, args.jobs,
-                            lambda lib: check(lib, list(DTYPES.values())))
-    has_triton = kernels.available_impls().get("triton", (False,))[0]
-    lens = [int(x) for x in args.lens.split(",") if x]
-    print(f"\n| op | dtype | L | triton ms | copy ms | {' | '.join(f'{n} ms (/triton)' for n in libs)} |")
-    print("|---|---|---|---|---|" + "---|" * len(libs))
+    print(_variants.head(["op", "dtype", "L", "triton ms", "copy ms"], libs))
     for op in ("selective_scan", "causal_conv1d"):
         fn = getattr(kernels, op)
-        for name in timed:
-            for L in lens:
+        for name in sel.dtypes:
+            for L in sel.lens:
                 kw = _mamba_inputs(op, L, getattr(torch, name))
-                tri = median_ms(lambda kw=kw, fn=fn: fn(**kw, impl="triton"))[0] if has_triton else None
                 copy = "-"
                 if op == "causal_conv1d":  # read + write of x: the floor a memory-bound conv can reach
                     out = torch.empty_like(kw["x"])
                     copy = f"{median_ms(lambda kw=kw, out=out: out.copy_(kw['x']))[0]:.3f}"
-                cells = []
-                for lib in libs.values():
-                    with impl_cuda.using_library(lib):
-                        ms = median_ms(lambda kw=kw, fn=fn: fn(**kw, impl="cuda"))[0]
-                    cells.append(f"{ms:.3f} ({ms / tri:.2f}x)" if tri else f"{ms:.3f}")
-                print(f"| {op} | {name} | {L} | {'-' if tri is None else f'{tri:.3f}'} | {copy} | "
-                      f"{' | '.join(cells)} |", flush=True)
+                tri, cells = _variants.timed(libs, lambda impl, kw=kw, fn=fn: fn(**kw, impl=impl), has_triton)
+                print(_variants.row([op, name, str(L), tri, copy], cells), flush=True)
                 del kw
 
 

@@ -13,23 +13,24 @@ faster than triton). Then a per-kernel split of each variant at the last length 
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _variants  # noqa: E402
 
-# name -> nvcc flags. Defaults (ssd_chunked.cu): chunk Q=128, pass-3 blocks of BM=64 rows with WCOLS=2
-# column tiles per warp (8 warps at headdim 64), 8 warps in pass 1, 4 state elements per thread in pass 2.
+# name -> nvcc flags. Defaults (ssd_chunked.cu): chunk Q=128, pass-3 blocks of BM=128 rows (64 until the H100 run
+# of 2026-11-23, so "bm128" is now the default) with WCOLS=2 column tiles per warp (16 warps at headdim 64), 8 warps
+# in pass 1, 4 state elements per thread in pass 2. The other variants' columns in
+# results/h100-2026-11-23/14-ssd-variants.txt were measured with BM=64 under them; run now, they get BM=128.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "q256": ("-DEP_SSD_Q=256",),  # half the chunk states of pass 1/2 to write and read
-    "q256-wc4": ("-DEP_SSD_Q=256", "-DEP_SSD_WCOLS=4"),  # triton's blocking: 64x64 tiles of y, 4 warps
+    "q256-wc4": ("-DEP_SSD_Q=256", "-DEP_SSD_WCOLS=4"),  # 64-column warp tiles (triton's 64x64 at BM=64)
     "q256-bm128": ("-DEP_SSD_Q=256", "-DEP_SSD_BM=128", "-DEP_SSD_STATE_WARPS=16"),  # 16-warp blocks in 1 and 3
-    "wc4": ("-DEP_SSD_WCOLS=4",),  # 4 warps per pass-3 block: more blocks per SM
-    "bm128": ("-DEP_SSD_BM=128",),  # one pass-3 block per (chunk, head), 16 warps
+    "wc4": ("-DEP_SSD_WCOLS=4",),  # half the warps per pass-3 block (8 at BM=128)
+    "bm128": ("-DEP_SSD_BM=128",),  # one pass-3 block per (chunk, head), 16 warps (now the default)
     "q64": ("-DEP_SSD_Q=64",),  # smaller blocks everywhere, twice the chunk states
     "vec1-sw16": ("-DEP_SSD_PASS_VEC=1", "-DEP_SSD_STATE_WARPS=16"),  # pass 2 scalar (as before); pass 1 16 warps
 }
@@ -102,49 +103,26 @@ def _mamba2_inputs(L: int, dtype) -> dict:
                 dt_bias=r(h, dt=torch.float32), dt_softplus=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Build, check, time and print the variants' table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lens", default="4096,16384", help="sequence lengths to time (comma-separated)")
-    ap.add_argument("--dtypes", default="bf16,fp16", help=f"of {', '.join(DTYPES)}")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
-    ap.add_argument("--jobs", type=int, default=min(len(VARIANTS), os.cpu_count() or 1), help="parallel nvcc builds")
-    ap.add_argument("--arch", default=None, help="GPU architecture to build for (default: the current GPU's)")
+    ap = _variants.parser(__doc__, VARIANTS, DTYPES, lens="4096,16384")
     ap.add_argument("--no-split", action="store_true", help="skip the per-kernel split (torch.profiler)")
-    args = ap.parse_args()
-    names = [v for v in args.variants.split(",") if v]
-    dtypes = [DTYPES[d] for d in args.dtypes.split(",") if d]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"ssd_variants: unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+    args = ap.parse_args(argv)
+    sel = _variants.select("ssd_variants", args, VARIANTS, DTYPES)
+    dtypes, lens = list(sel.dtypes), list(sel.lens)
+    libs, has_triton = _variants.start("ssd_variants", args, sel, VARIANTS, lambda lib: check(lib, dtypes))
     import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("ssd_variants: needs a CUDA GPU")
-    from _bench import kernel_breakdown, median_ms
-    from _variants import checked_variants
+    from _bench import kernel_breakdown
 
     from edgeports import kernels
-    from edgeports.exporters import plugin_build
     from edgeports.kernels import impl_cuda
 
-    arch = args.arch or plugin_build.current_arch()
-    print(f"# {torch.cuda.get_device_name()}  sm_{arch}  variants: {', '.join(names)}", flush=True)
-    libs = checked_variants({n: VARIANTS[n] for n in names}, arch, args.jobs, lambda lib: check(lib, dtypes))
-    has_triton = kernels.available_impls().get("triton", (False,))[0]
-    lens = [int(x) for x in args.lens.split(",") if x]
-    print(f"\n| dtype | L | triton ms | {' | '.join(f'{n} ms (/triton)' for n in libs)} |")
-    print("|---|---|---|" + "---|" * len(libs))
+    print(_variants.head(["dtype", "L", "triton ms"], libs))
     for name in dtypes:
         for L in lens:
             kw = _mamba2_inputs(L, getattr(torch, name))
-            tri = median_ms(lambda kw=kw: kernels.ssd_chunk_scan(**kw, impl="triton"))[0] if has_triton else None
-            cells = []
-            for lib in libs.values():
-                with impl_cuda.using_library(lib):
-                    ms = median_ms(lambda kw=kw: kernels.ssd_chunk_scan(**kw, impl="cuda"))[0]
-                cells.append(f"{ms:.3f} ({ms / tri:.2f}x)" if tri else f"{ms:.3f}")
-            print(f"| {name} | {L} | {'-' if tri is None else f'{tri:.3f}'} | {' | '.join(cells)} |", flush=True)
+            tri, cells = _variants.timed(libs, lambda impl, kw=kw: kernels.ssd_chunk_scan(**kw, impl=impl), has_triton)
+            print(_variants.row([name, str(L), tri], cells), flush=True)
             del kw
     if args.no_split or not libs:
         return
