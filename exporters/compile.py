@@ -231,44 +231,105 @@ def example_inputs(lm: LM, kind: str, batch: int, max_len: int,
 
 def export_program(lm: LM, kind: str, batch: int, max_len: int, step_ops: str = "custom",
                    gemvs: bool = False) -> torch.export.ExportedProgram:
-    """torch.export of InPlaceStep(lm, kind, step_ops, gemvs): L dynamic in [2, max_len] (prefill kinds), S dims
-    dynamic."""
+    """torch.export of InPlaceStep(lm, kind, step_ops, gemvs): L dynamic in [2, max_len] (prefill kinds), every
+    cache dim S + its offset with one S dynamic in [2, max_len]; both ranges are checked on the result."""
     device = lm.head_device()
     ids, state = example_inputs(lm, kind, batch, max_len, device)
-    s_dim = torch.export.Dim("state_len", min=2, max=max_len)  # not "S": sympy reads that as its S
+    offsets = state_len_dims(lm, batch, max_len)
     ids_dims = None if kind == "decode" else {1: _prefill_len_dim(max_len)}
-    dims = tuple({d: s_dim + off if off else s_dim for d, off in dd.items()} or None
-                 for dd in state_len_dims(lm, batch, max_len))
     with torch.no_grad():
-        ep = torch.export.export(InPlaceStep(lm, kind, step_ops, gemvs), (ids, *state), dynamic_shapes=(ids_dims, dims),
-                                 strict=False)
+        ep = torch.export.export(_OneStateLen(lm, kind, step_ops, gemvs, offsets=offsets), (ids, *state),
+                                 dynamic_shapes=(ids_dims, _state_len_shapes(offsets, max_len)), strict=False)
     if ids_dims is not None:
         _check_prefill_range(ep, max_len)
+    _check_state_range(ep, offsets, max_len)
     return finite_op_args(ep)
 
 
-def _prefill_len_dim(max_len: int):
-    """L's dynamic dim. A hint (torch >= 2.7) lets torch.export keep guards that hold over the whole range as
-    runtime checks, where a named Dim reports each as a violated constraint: on CUDA (torch 2.11, H100) the
-    llama prefill gained `min(16*L, 32*L) == 16*L`, true for every L. A hint still fails the export if L
-    would be specialised to one value, but it silently narrows L's range for a guard that holds over part of
-    it only: _check_prefill_range makes that an error too."""
+class _OneStateLen(InPlaceStep):
+    """InPlaceStep that first tells the tracer every cache dim is one S (its size less its offset). With Dim
+    hints each dim gets a symbol of its own, and tracing relates none of them (on the CPU, torch 2.13: not a
+    layer's k and v caches, nor one layer's to the next), so the programs would take unrelated lengths."""
+
+    def __init__(self, lm: LM, kind: str, step_ops: str, gemvs: bool, offsets: tuple[dict[int, int], ...]):
+        super().__init__(lm, kind, step_ops, gemvs)
+        self.len_dims = [(i, d, off) for i, dd in enumerate(offsets) for d, off in dd.items()]
+
+    def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
+        if self.len_dims:
+            (i0, d0, off0), *rest = self.len_dims
+            for i, d, off in rest:  # an equality of two input sizes: the tracer replaces one symbol by the other
+                torch._check(state[i].size(d) - off == state[i0].size(d0) - off0)
+        return super().forward(ids, *state)
+
+
+def _dim_hint():
+    """torch.export.Dim.DYNAMIC where it takes min/max (torch >= 2.7), else None. A hint lets torch.export
+    keep guards that hold over the whole range as runtime checks, where a named Dim reports each as a violated
+    constraint: on CUDA (torch 2.11, H100) the llama prefill gained `min(16*L, 32*L) == 16*L` and its
+    continuing prefill `min(16*S, 32*S) != 64*S`, true for every L and S. A hint still fails the export if a
+    size would be specialised to one value, but it silently narrows the range for a guard that holds over
+    part of it only, and it relates no dims: _check_len_range makes both errors."""
     hint = getattr(torch.export.Dim, "DYNAMIC", None)
-    if hint is not None and callable(hint):
-        return hint(min=2, max=max_len)
-    return torch.export.Dim("prefill_len", min=2, max=max_len)
+    return hint if hint is not None and callable(hint) else None
+
+
+def _prefill_len_dim(max_len: int):
+    """L's dynamic dim: a hint (see _dim_hint), else a named Dim."""
+    hint = _dim_hint()
+    return hint(min=2, max=max_len) if hint is not None else torch.export.Dim("prefill_len", min=2, max=max_len)
+
+
+def _state_len_shapes(offsets: tuple[dict[int, int], ...], max_len: int) -> tuple[dict | None, ...]:
+    """The state slots' dynamic_shapes: each cache dim a hint over [2, max_len] + its offset (_OneStateLen
+    ties them to one S), else one named Dim S and its derived dims S + offset."""
+    hint = _dim_hint()
+    s_dim = torch.export.Dim("state_len", min=2, max=max_len)  # not "S": sympy reads that as its S
+
+    def dim(off: int):
+        if hint is not None:
+            return hint(min=2 + off, max=max_len + off)
+        return s_dim + off if off else s_dim
+
+    return tuple({d: dim(off) for d, off in dd.items()} or None for dd in offsets)
 
 
 def _check_prefill_range(ep: torch.export.ExportedProgram, max_len: int) -> None:
     """Raise unless the program takes every L in [2, max_len] (the manifest's prefill_len range)."""
-    name = ep.graph_signature.user_inputs[0]  # ids [B, L]
-    ids = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == name)
-    size = ids.meta["val"].shape[1]
-    if not isinstance(size, torch.SymInt):
-        raise ValueError(f"torch.export specialised the prompt length L to {size}")
-    vr = ep.range_constraints.get(size.node.expr)
-    if vr is not None and (vr.lower > 2 or vr.upper < max_len):  # sympy bounds (int() fails on int_oo)
-        raise ValueError(f"torch.export narrowed the prompt length L to [{vr.lower}, {vr.upper}], not [2, {max_len}]")
+    _check_len_range(ep, "the prompt length L", [(_user_input(ep, 0).shape[1], 0)], max_len)  # ids [B, L]
+
+
+def _check_state_range(ep: torch.export.ExportedProgram, offsets: tuple[dict[int, int], ...], max_len: int) -> None:
+    """Raise unless every cache dim is S + its offset for one S that takes every value in [2, max_len] (the
+    manifest's state_len range)."""
+    sizes = [(_user_input(ep, 1 + i).shape[d], off) for i, dd in enumerate(offsets) for d, off in dd.items()]
+    if sizes:
+        _check_len_range(ep, "the state length S", sizes, max_len)
+
+
+def _user_input(ep: torch.export.ExportedProgram, i: int) -> torch.Tensor:
+    """The fake value of the program's i-th user input (ids, *state)."""
+    name = ep.graph_signature.user_inputs[i]
+    return next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == name).meta["val"]
+
+
+def _check_len_range(ep: torch.export.ExportedProgram, what: str, sizes: list[tuple[Any, int]], max_len: int) -> None:
+    """Raise unless every (size, offset) is symbolic and size - offset is one expression, a symbol plus a
+    constant, that takes every value in [2, max_len]."""
+    exprs = set()
+    for size, off in sizes:
+        if not isinstance(size, torch.SymInt):
+            raise ValueError(f"torch.export specialised {what} to {size - off}")
+        exprs.add(size.node.expr - off)
+    syms = next(iter(exprs)).free_symbols if len(exprs) == 1 else set()
+    if len(syms) != 1 or not (shift := next(iter(exprs)) - next(iter(syms))).is_Integer:
+        raise ValueError(f"torch.export made {what} {', '.join(sorted(map(str, exprs)))} over its "
+                         f"{len(sizes)} dims, not one symbol")
+    vr = ep.range_constraints.get(next(iter(syms)))
+    if vr is not None:
+        lo, hi = vr.lower + shift, vr.upper + shift  # sympy bounds (int() fails on int_oo)
+        if lo > 2 or hi < max_len:
+            raise ValueError(f"torch.export narrowed {what} to [{lo}, {hi}], not [2, {max_len}]")
 
 
 def _is_edgeports_op(node: torch.fx.Node) -> bool:

@@ -383,6 +383,75 @@ def test_prefill_length_range_is_checked(monkeypatch):
         cexport.export_program(lm, "prefill", 1, MAX_LEN)
 
 
+
+def _state_len_sizes(ep, lm, max_len):
+    """(size, offset) of every dynamic state dim of an exported program (its user inputs are ids, *state)."""
+    names = ep.graph_signature.user_inputs[1:]
+    vals = {n.name: n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder"}
+    return [(vals[name].shape[d], off) for name, dd in zip(names, cexport.state_len_dims(lm, 1, max_len), strict=True)
+            for d, off in dd.items()]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-hymba"])  # Hymba: cache dims are S + 6 meta tokens
+def test_state_len_dims_are_one_symbol_over_the_whole_range(name):
+    """Every cache dim of the decode and continuing-prefill programs is S + offset for one symbol S that takes
+    every value in [2, max_len] (what the manifest's state_len range promises)."""
+    lm = build(get_spec(name), dtype="float32")
+    for kind in ("decode", "prefill_cont"):
+        ep = cexport.export_program(lm, kind, 1, MAX_LEN)
+        sizes = _state_len_sizes(ep, lm, MAX_LEN)
+        assert len(sizes) >= 4 and all(isinstance(s, torch.SymInt) for s, _ in sizes), (kind, sizes)
+        exprs = {s.node.expr - off for s, off in sizes}
+        assert len(exprs) == 1, (kind, exprs)
+        (expr,) = exprs
+        (sym,) = expr.free_symbols
+        vr = ep.range_constraints[sym]
+        shift = expr - sym
+        assert (vr.lower + shift, vr.upper + shift) == (2, MAX_LEN), (kind, expr, vr)
+
+
+def _with_guard(monkeypatch, guard):
+    """InPlaceStep.forward, first branching on guard(S) for the first cache's length S."""
+    forward = cexport.InPlaceStep.forward
+
+    def guarded(self, ids, *state):
+        if guard(state[0].shape[2]):
+            ids = ids + 0
+        return forward(self, ids, *state)
+
+    monkeypatch.setattr(cexport.InPlaceStep, "forward", guarded)
+
+
+@pytest.mark.skipif(cexport._dim_hint() is None, reason="this torch has no Dim.DYNAMIC hint: named Dims")
+def test_state_len_survives_a_guard_true_for_every_length(monkeypatch):
+    """Regression: on CUDA (torch 2.11, H100) the attention of the continuing prefill made a guard like
+    `min(16*S, 32*S) != 64*S`, true for every S, that a named Dim("state_len") reported as a violated
+    constraint. min(16*S, 32*S*S) != 64*S is one that the CPU path keeps unsimplified too."""
+    lm = build(get_spec("tiny-llama"), dtype="float32")
+    _with_guard(monkeypatch, lambda s: torch.sym_min(16 * s, 32 * s * s) != 64 * s)
+    ep = cexport.export_program(lm, "prefill_cont", 1, MAX_LEN)
+    assert len({s.node.expr for s, _ in _state_len_sizes(ep, lm, MAX_LEN)}) == 1
+
+
+@pytest.mark.skipif(cexport._dim_hint() is None, reason="this torch has no Dim.DYNAMIC hint: named Dims")
+def test_state_length_range_is_checked(monkeypatch):
+    """A guard over part of S's range narrows it silently under Dim.DYNAMIC; the exporter makes that an error."""
+    lm = build(get_spec("tiny-llama"), dtype="float32")
+    _with_guard(monkeypatch, lambda s: torch._check(s >= 4))
+    with pytest.raises(ValueError, match=r"narrowed the state length S to \[4, 64\], not \[2, 64\]"):
+        cexport.export_program(lm, "decode", 1, MAX_LEN)
+
+
+
+@pytest.mark.skipif(cexport._dim_hint() is None, reason="this torch has no Dim.DYNAMIC hint: named Dims")
+def test_unrelated_state_lengths_are_refused(monkeypatch):
+    """Without the tie of _OneStateLen each cache dim keeps a symbol of its own: the check refuses that."""
+    monkeypatch.setattr(cexport._OneStateLen, "forward", cexport.InPlaceStep.forward)
+    lm = build(get_spec("tiny-llama"), dtype="float32")
+    with pytest.raises(ValueError, match=r"made the state length S s\d+, s\d+, s\d+, s\d+ over its 4 dims, not one"):
+        cexport.export_program(lm, "decode", 1, MAX_LEN)
+
+
 def test_embedded_weights_travel_as_a_blob(tmp_path):
     """CUDA packages embed their weights by default (exporters/compile.py `_shares_weights`); asked for here on
     the CPU (--opt weights=embedded): the weights sit in each package as a binary blob beside the library (not
