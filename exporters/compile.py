@@ -67,7 +67,7 @@ from edgeports.exporters.base import (
     write_manifest,
 )
 from edgeports.kernels import get_impl
-from edgeports.kernels.gemv import RowGemvs
+from edgeports.kernels.gemv import available as gemv_available
 from edgeports.models import LM, ModelSpec
 
 NAME = "compile"
@@ -145,11 +145,9 @@ def gemv_of(options: ExportOptions) -> str:
 def row_gemvs(mode: str, device: torch.device) -> bool:
     """Whether a decode program on `device` traces its one-row projections as `edgeports::gemv` (mode: a value
     of gemv_of). Only CUDA programs do; "triton" anywhere else, or without triton, is an error."""
-    from edgeports.kernels import gemv
-
     if mode == "inductor":
         return False
-    ok, why = gemv.available() if device.type == "cuda" else (False, f"the program runs on {device.type}")
+    ok, why = gemv_available() if device.type == "cuda" else (False, f"the program runs on {device.type}")
     if not ok and mode == "triton":
         raise EdgeportsError(f"--opt gemv=triton needs a CUDA device with triton ({why}); use gemv=inductor")
     return ok
@@ -194,9 +192,8 @@ class InPlaceStep(nn.Module):
         if self.kind == "decode":
             # custom ops update the states in place (nothing to copy back); inlined step math is copied back,
             # which Inductor fuses into the kernel that computes it
-            with RowGemvs() if self.gemvs else contextlib.nullcontext():
-                logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None,
-                                             gemvs=self.gemvs)
+            logits, new = self.lm.decode(ids, state, kernels=self.kernels, inplace_states=self.kernels is None,
+                                         gemvs=self.gemvs)
         else:
             logits, new = self.lm.prefill(ids, state, first=self.kind == "prefill")
         for old, cur in zip(state, new, strict=True):

@@ -7,7 +7,8 @@ The compile backend's CUDA decode step traces under RowGemvs (exporters/compile.
 projection of the step (q/k/v, MLP, Mamba in/x/dt/out, the LM head) is this kernel instead of the reduction
 Inductor would generate for an M=1 matmul. The op is a `torch.library.triton_op`: torch.compile and
 AOTInductor see the Triton kernel inside it and compile it into their programs (an AOT package needs no
-Python to run it). Off CUDA the op is F.linear (the CPU tests check the routing with it). The kernel and its configurations: edgeports/kernels/triton_gemv.py.
+Python to run it). Off CUDA the op is F.linear (the CPU tests check the routing with it). The kernel and its
+configurations: edgeports/kernels/triton_gemv.py.
 """
 
 from __future__ import annotations
@@ -53,16 +54,23 @@ def rms_norm_gemv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bi
     """F.linear(rmsnorm(x) * norm_weight, weight, bias) for x [..., K] holding one row, as one kernel
     (`edgeports::rms_norm_gemv`): each program of the GEMV sums x^2 as it streams x, so the norm costs no
     kernel of its own. Float32 throughout (an eager norm rounds its output to x's dtype first) -> [..., N]."""
-    if x.shape[:-1].numel() != 1:
-        raise EdgeportsError(f"rms_norm_gemv takes one activation row, got x of shape {tuple(x.shape)}")
+    _check_one_row("rms_norm_gemv", x)
     return torch.ops.edgeports.rms_norm_gemv(x, norm_weight, float(eps), weight, bias)
 
 
 def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear(x, weight, bias) for x [..., K] holding one row, as `edgeports::gemv` -> [..., N]."""
-    if x.shape[:-1].numel() != 1:
-        raise EdgeportsError(f"gemv takes one activation row, got x of shape {tuple(x.shape)}")
+    _check_one_row("gemv", x)
     return torch.ops.edgeports.gemv(x, weight, bias)
+
+
+def _one_row(x: Tensor) -> bool:
+    return x.dim() >= 1 and x.shape[:-1].numel() == 1
+
+
+def _check_one_row(op: str, x: Tensor) -> None:
+    if not _one_row(x):
+        raise EdgeportsError(f"{op} takes one activation row, got x of shape {tuple(x.shape)}")
 
 
 def available() -> tuple[bool, str]:
@@ -87,10 +95,10 @@ class RowGemvs(TorchFunctionMode):
         if func is F.linear:
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if weight.dim() == 2 and x.shape[:-1].numel() == 1:
+            if weight.dim() == 2 and _one_row(x):
                 return torch.ops.edgeports.gemv(x, weight, bias)
         elif func in _MATMULS and len(args) == 2 and not kwargs:
             x, w_t = args  # w_t [K, N], the transpose of a weight laid out [N, K]
-            if x.dim() >= 2 and x.shape[:-1].numel() == 1 and w_t.dim() == 2 and w_t.stride(0) == 1:
+            if x.dim() >= 2 and _one_row(x) and w_t.dim() == 2 and w_t.stride(0) == 1:
                 return torch.ops.edgeports.gemv(x, w_t.t(), None)
         return func(*args, **kwargs)

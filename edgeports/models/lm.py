@@ -22,12 +22,14 @@ Blocks are small modules with their own slice of the State:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgeports.kernels.gemv import RowGemvs
 from edgeports.models.spec import ModelSpec
 from edgeports.models.state import State, StateSlot, layout_bytes
 from edgeports.models.state import new_state as zeros_state
@@ -173,10 +175,11 @@ class LM(nn.Module):
         kernels: the edgeports.kernels implementation of the SSM step ops (None: the module's default);
         inplace_states: those ops write the new conv/SSM states into `state`'s tensors, which come back as
         they are (edgeports.kernels' in-place ops: no copy-back for a caller that keeps the State in place);
-        gemvs: the caller runs the projections as edgeports::gemv (edgeports.kernels.gemv.RowGemvs), and a
-        norm that feeds one projection alone is folded into it (edgeports::rms_norm_gemv)."""
-        return self._run(ids, state, first=False, decode=True, kernels=kernels, inplace_states=inplace_states,
-                         gemvs=gemvs)
+        gemvs: the projections run as edgeports::gemv (under edgeports.kernels.gemv.RowGemvs), and a norm
+        that feeds one projection alone is folded into it (edgeports::rms_norm_gemv)."""
+        with RowGemvs() if gemvs else contextlib.nullcontext():
+            return self._run(ids, state, first=False, decode=True, kernels=kernels, inplace_states=inplace_states,
+                             gemvs=gemvs)
 
     def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat form for exporters: prefill from any state, returning (logits, *state)."""

@@ -30,6 +30,7 @@ from edgeports.models.layers.mamba import (
     split_linear,
     ssm_constants,
 )
+from edgeports.models.layers.norm import GatedRMSNorm
 from edgeports.models.lm import Ctx
 from edgeports.models.state import StateSlot
 
@@ -95,7 +96,7 @@ class Mamba2Mixer(nn.Module):
                 D, None if gate is None else gate.reshape(bt, L, H, P), dt_bias, True, self.dt_min, self.dt_max,
                 None if ctx.first else ssm_state)
         y = y.reshape(bt, L, self.d_inner)
-        if ctx.gemvs and gate_in_scan and getattr(self.norm, "is_plain_rms", lambda: False)():
+        if ctx.gemvs and gate_in_scan and isinstance(self.norm, GatedRMSNorm) and self.norm.is_plain_rms():
             # decode with edgeports::gemv: the (ungated, one-group) norm folds into out_proj's GEMV
             out = gemv.rms_norm_gemv(y.to(x.dtype), self.norm.weight, self.norm.eps, self.out_proj.weight,
                                      self.out_proj.bias)
