@@ -308,15 +308,27 @@ class TestInterpreter:
         cfg = triton_gemv.GemvConfig(*config) if config else None
         y = triton_gemv.gemv(x, w, b, cfg)
         assert y.shape == (1, 1, n)
-        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+        assert_gemv_close(y, x, w, b)
         g = torch.rand(k) + 0.5  # with the RMS norm folded in
         normed = g * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
         y = triton_gemv.gemv(x, w, b, cfg, norm_weight=g, eps=1e-5)
-        torch.testing.assert_close(y, F.linear(normed, w, b), rtol=1e-5, atol=1e-4)
+        assert_gemv_close(y, normed, w, b)
 
     def test_refuses_float64(self, interp):
         with pytest.raises(EdgeportsError, match="float64"):
             interp.causal_conv1d(torch.zeros(1, 2, 3, dtype=torch.float64), torch.zeros(2, 4))
+
+
+def assert_gemv_close(y, x, w, b):
+    """A float32 GEMV against the float64 product, each output within 4e-7 (~3 float32 ulps) of the sum of
+    its terms' magnitudes. Rounding grows with K and with the terms' size, so a fixed atol failed now and
+    then (3 in 90 draws at K=5120, N(0,1) inputs); over 90 draws the worst error was 4% of this bound, while
+    leaving out 64 of K's columns overshoots it by >1000x."""
+    x64, w64, b64 = x.double(), w.double(), None if b is None else b.double()
+    ref = F.linear(x64, w64, b64)
+    bound = 4e-7 * F.linear(x64.abs(), w64.abs(), None if b64 is None else b64.abs()) + 1e-6
+    err = (y.double() - ref).abs()
+    assert (err <= bound).all(), f"max error {err.max().item():.3g}, over the bound by {(err / bound).max().item():.3g}x"
 
 
 def test_tile_offset_guard():
