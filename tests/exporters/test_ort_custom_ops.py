@@ -215,18 +215,23 @@ def test_custom_lowering_runs_like_eager(ort_ops_cpu, custom_export, name):
 # project into the kernels' layouts, the transposes of the small [L, hidden] inputs fold into FusedMatMuls).
 # Mamba2: the conv output's transpose into SsdChunkScan's [B,L,...] layout and its split into x, B, C (the two
 # kernels' contracts take different layouts); its in_proj output is neither split nor transposed any more.
-@pytest.mark.parametrize("name,per_layer", [("tiny-mamba", 0), ("tiny-mamba2", 2)])
-def test_custom_prefill_moves_no_activations_between_layouts(tmp_path, ort_ops_cpu, custom_export, name, per_layer):
+def optimized_prefill(art, library, tmp_path):
+    """The artifact's prefill graph as ONNX Runtime's CPU provider optimises it (ORT_ENABLE_ALL)."""
     import onnx
     import onnxruntime as ort
 
-    art = custom_export(name)
     options = ort.SessionOptions()
-    options.register_custom_ops_library(str(ort_ops_cpu))
+    options.register_custom_ops_library(str(library))
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(art.file("prefill.onnx")), options, providers=["CPUExecutionProvider"])
-    graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    return onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+
+
+@pytest.mark.parametrize("name,per_layer", [("tiny-mamba", 0), ("tiny-mamba2", 2)])
+def test_custom_prefill_moves_no_activations_between_layouts(tmp_path, ort_ops_cpu, custom_export, name, per_layer):
+    art = custom_export(name)
+    graph = optimized_prefill(art, ort_ops_cpu, tmp_path)
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*graph.value_info, *graph.input, *graph.output)}
     c = art.spec.config
@@ -237,6 +242,20 @@ def test_custom_prefill_moves_no_activations_between_layouts(tmp_path, ort_ops_c
            and max((d for d in shapes[n.input[0]] if isinstance(d, int)), default=0) >= d_inner]
     assert len(big) == per_layer * c["num_hidden_layers"], [(n.op_type, shapes[n.input[0]]) for n in big]
     assert any(n.op_type == "FusedMatMul" for n in graph.node)  # the folded transposes
+
+
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2"])
+def test_custom_prefill_norms_are_fused(tmp_path, ort_ops_cpu, custom_export, name):
+    """Every RMS norm of the prefill becomes one SimplifiedLayerNormalization: the block norms, the final one
+    and Mamba2's one-group norm before out_proj (whose [..., 1, D] group view once kept ORT from fusing it:
+    five elementwise kernels over [L, d_inner] per layer)."""
+    art = custom_export(name)
+    graph = optimized_prefill(art, ort_ops_cpu, tmp_path)
+    ops = [n.op_type for n in graph.node]
+    layers = art.spec.config["num_hidden_layers"]
+    per_layer = 2 if name == "tiny-mamba2" else 1
+    assert ops.count("SimplifiedLayerNormalization") == per_layer * layers + 1, ops
+    assert not {"Pow", "ReduceMean", "Sqrt", "Div"} & set(ops), ops
 
 
 def test_refusals(monkeypatch, tmp_path, ort_ops_cpu):
