@@ -95,7 +95,7 @@ class GatedRMSNorm(nn.Module):
         if g is not None and not self.norm_before_gate:
             h = h * g
         shape = h.shape
-        if self.group_size == shape[-1]:  # one group: no [..., 1, D] view, which keeps ORT from fusing the norm
+        if self.is_plain_rms():  # one group: no [..., 1, D] view, which keeps ORT from fusing the norm
             h = _rms(h, self.eps)
         else:
             h = _rms(h.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size), self.eps).reshape(shape)
