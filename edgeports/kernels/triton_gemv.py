@@ -43,9 +43,9 @@ def config_for(n: int, k: int, sms: int = 132) -> GemvConfig:
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, g_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn, eps,
+def _gemv_kernel(x_ptr, g_ptr, w_ptr, b_ptr, r_ptr, y_ptr, N, K, stride_wn, eps,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-                 NORM: tl.constexpr):
+                 NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] rows of W
     n_mask = rn < N
@@ -75,27 +75,31 @@ def _gemv_kernel(x_ptr, g_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn, eps,
         y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:  # a residual block's add, in float32 before y is rounded
+        y += tl.load(r_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          config: GemvConfig | None = None, norm_weight: torch.Tensor | None = None,
-         eps: float = 0.0) -> torch.Tensor:
+         eps: float = 0.0, residual: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for an x of one row (x [..., K] with one row in all; weight [N, K] with unit
-    stride along K; bias [N]) -> [..., N] in x's dtype, accumulated in float32. With `norm_weight` [K], x is
-    RMS-normalised first: F.linear(norm_weight * x / sqrt(mean(x^2) + eps), weight, bias), in float32
-    throughout. Launches through torch.library.wrap_triton, so torch.compile and AOTInductor compile the
-    kernel into their programs."""
+    stride along K; bias [N]) -> [..., N] in the weight's dtype, accumulated in float32. With `norm_weight` [K],
+    x is RMS-normalised first: F.linear(norm_weight * x / sqrt(mean(x^2) + eps), weight, bias), in float32
+    throughout (x may be float32 where the weight is not: a float32 residual stream). With `residual` (N
+    elements) the result is residual + F.linear(...), added in float32, in the residual's dtype. Launches
+    through torch.library.wrap_triton, so torch.compile and AOTInductor compile the kernel into their programs."""
     n, k = weight.shape
     x1 = _unit_stride(x.reshape(k))
     weight = weight if weight.stride(1) == 1 else weight.contiguous()
     g = _unit_stride(norm_weight) if norm_weight is not None else x1
     cfg = config or config_for(n, k, _sm_count(x.device))
-    out = torch.empty(n, device=x.device, dtype=x.dtype)
+    r = _unit_stride(residual.reshape(n)) if residual is not None else x1
+    out = torch.empty(n, device=x.device, dtype=weight.dtype if residual is None else residual.dtype)
     torch.library.wrap_triton(_gemv_kernel)[(triton.cdiv(n, cfg.block_n),)](
-        x1, g, weight, bias if bias is not None else x1, out, n, k, weight.stride(0), float(eps),
+        x1, g, weight, bias if bias is not None else x1, r, out, n, k, weight.stride(0), float(eps),
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, EVEN_K=k % cfg.block_k == 0,
-        NORM=norm_weight is not None, num_warps=cfg.warps)
+        NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, num_warps=cfg.warps)
     return out.view(*x.shape[:-1], n)
 
 

@@ -53,7 +53,7 @@ class Ctx:
     decode: bool
     kernels: str | None = None  # the edgeports.kernels implementation of this call's SSM ops; None: the default
     inplace_states: bool = False  # decode's SSM step ops write the conv/SSM states into the given tensors
-    gemvs: bool = False  # decode's projections run as edgeports::gemv: a norm feeding one alone may fuse into it
+    gemvs: bool = False  # decode's projections run as edgeports::gemv: a norm feeding one (and an add after it) may fold in
     extras: dict[str, Any] = field(default_factory=dict)  # arch-specific (e.g. Zamba2's original embeddings)
 
     def positions(self) -> torch.Tensor:
@@ -175,8 +175,9 @@ class LM(nn.Module):
         kernels: the edgeports.kernels implementation of the SSM step ops (None: the module's default);
         inplace_states: those ops write the new conv/SSM states into `state`'s tensors, which come back as
         they are (edgeports.kernels' in-place ops: no copy-back for a caller that keeps the State in place);
-        gemvs: the projections run as edgeports::gemv (under edgeports.kernels.gemv.RowGemvs), and a norm
-        that feeds one projection alone is folded into it (edgeports::rms_norm_gemv)."""
+        gemvs: the projections run as edgeports::gemv (under edgeports.kernels.gemv.RowGemvs), a norm that
+        feeds one projection alone is folded into it (edgeports::rms_norm_gemv), and an SSM block's residual add
+        into its out_proj (layers.mamba.BlockFold)."""
         with RowGemvs() if gemvs else contextlib.nullcontext():
             return self._run(ids, state, first=False, decode=True, kernels=kernels, inplace_states=inplace_states,
                              gemvs=gemvs)

@@ -60,11 +60,12 @@ def test_gemv_refuses_several_rows():
     assert torch.equal(gemv(torch.ones(1, 1, 3), torch.eye(3)), torch.ones(1, 1, 3))
 
 
-@pytest.mark.parametrize("name, fused_norms", [("tiny-mamba", 0), ("tiny-llama", 0), ("tiny-mamba2", 2)])
+@pytest.mark.parametrize("name, fused_norms", [("tiny-mamba", 2), ("tiny-llama", 0), ("tiny-mamba2", 4)])
 def test_decode_program_with_gemvs(name, fused_norms):
-    """A decode program traced with gemvs runs every projection (each Linear, the head) as edgeports::gemv,
-    Mamba2's gated norm and out_proj as one edgeports::rms_norm_gemv, and computes what the program without
-    them does."""
+    """A decode program traced with gemvs runs every projection (each Linear, the head) as edgeports::gemv;
+    an SSM block's norm and in_proj as one edgeports::rms_norm_gemv (its residual add inside out_proj's), as
+    Mamba2's gated norm and out_proj; no other norm is left in the program but the final one; and it computes
+    what the program without them does."""
     lm = build(get_spec(name), dtype="float32", seed=3).requires_grad_(False).eval()
     fuse_projections(lm)
     fold_constants(lm)
@@ -75,6 +76,8 @@ def test_decode_program_with_gemvs(name, fused_norms):
     assert _targets(routed.graph).count("edgeports.rms_norm_gemv.default") == fused_norms
     assert not {"edgeports.gemv.default", "edgeports.rms_norm_gemv.default"} & set(_targets(plain.graph))
     assert cexport.graph_ops(routed)["edgeports::gemv"] == linears - fused_norms
+    rsqrts = [_targets(p.graph).count("aten.rsqrt.default") for p in (plain, routed)]
+    assert rsqrts[0] - rsqrts[1] == fused_norms  # each folded norm is a norm the program no longer computes
     ids, state = cexport.example_inputs(lm, "decode", 1, 32, torch.device("cpu"))
     s1, s2 = [t.clone() for t in state], [t.clone() for t in state]
     torch.testing.assert_close(routed.module()(ids, *s1), plain.module()(ids, *s2), rtol=1e-5, atol=1e-5)
@@ -93,6 +96,14 @@ def test_rms_norm_gemv_is_norm_then_linear():
     assert norm.is_plain_rms() and not GatedRMSNorm(24, group_size=8).is_plain_rms()
     x, w, b = torch.randn(1, 1, 24), torch.randn(10, 24), torch.randn(10)
     torch.testing.assert_close(rms_norm_gemv(x, norm.weight, norm.eps, w, b), F.linear(norm(x), w, b))
+    r = torch.randn(1, 1, 10)  # a residual added in
+    torch.testing.assert_close(rms_norm_gemv(x, norm.weight, norm.eps, w, b, residual=r), r + F.linear(norm(x), w, b))
+    torch.testing.assert_close(gemv(x, w, b, residual=r), r + F.linear(x, w, b))
+    # result dtypes: the weight's (a float32 x, e.g. a residual stream, normed into bf16 weights), else the residual's
+    assert rms_norm_gemv(x, norm.weight, norm.eps, w.bfloat16()).dtype == torch.bfloat16
+    assert gemv(x.bfloat16(), w.bfloat16(), residual=r).dtype == torch.float32
+    with pytest.raises(EdgeportsError, match="the residual has 9 elements, the projection 10 outputs"):
+        gemv(x, w, b, residual=torch.randn(9))
     with pytest.raises(EdgeportsError, match="one activation row"):
         rms_norm_gemv(torch.randn(1, 2, 24), norm.weight, 1e-5, w)
 

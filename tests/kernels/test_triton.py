@@ -300,7 +300,7 @@ class TestInterpreter:
                                                   (70, 256, True, (8, 64, 4)), (7, 1000, False, (2, 128, 4))])
     def test_gemv(self, interp, n, k, bias, config):
         """The decode GEMV against F.linear: default and forced configurations, ragged N and K, with and
-        without bias."""
+        without bias; with an RMS norm folded in, and with a residual added."""
         from edgeports.kernels import triton_gemv
 
         x, w = torch.randn(1, 1, k), torch.randn(n, k)
@@ -313,6 +313,10 @@ class TestInterpreter:
         normed = g * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
         y = triton_gemv.gemv(x, w, b, cfg, norm_weight=g, eps=1e-5)
         assert_gemv_close(y, normed, w, b)
+        r = torch.randn(1, 1, n)  # the residual add, checked as a second bias
+        b_r = r.view(n) if b is None else b + r.view(n)
+        assert_gemv_close(triton_gemv.gemv(x, w, b, cfg, residual=r), x, w, b_r)
+        assert_gemv_close(triton_gemv.gemv(x, w, b, cfg, norm_weight=g, eps=1e-5, residual=r), normed, w, b_r)
 
     def test_refuses_float64(self, interp):
         with pytest.raises(EdgeportsError, match="float64"):
@@ -440,6 +444,19 @@ def test_gpu_gemv(gpu, dtype, n, k, bias):
     ref = F.linear(normed, w.float(), None if b is None else b.float())
     for y in (rms_norm_gemv(x, g, 1e-5, w, b), torch.compile(rms_norm_gemv, fullgraph=True)(x, g, 1e-5, w, b)):
         torch.testing.assert_close(y.float(), ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
+    # an SSM block's fold: a float32 residual stream in front of `dtype` weights, its add inside the GEMV
+    r = torch.randn(1, 1, n, device="cuda")
+    x32 = torch.randn(1, 1, k, device="cuda")
+    normed = g.float() * x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)
+    ref = r + F.linear(normed, w.float(), None if b is None else b.float())
+    for y in (rms_norm_gemv(x32, g, 1e-5, w, b, residual=r),
+              torch.compile(rms_norm_gemv, fullgraph=True)(x32, g, 1e-5, w, b, residual=r)):
+        assert y.dtype == torch.float32 and y.shape == (1, 1, n)
+        torch.testing.assert_close(y, ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
+    ref = r + F.linear(x.float(), w.float(), None if b is None else b.float())
+    y = gemv(x, w, b, residual=r)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
 
 
 @pytest.mark.gpu

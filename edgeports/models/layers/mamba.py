@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgeports import kernels
-from edgeports.models.layers.norm import in_onnx_form
+from edgeports.kernels import gemv
+from edgeports.models.layers.norm import RMSNorm, in_onnx_form
 from edgeports.models.lm import FOLDED_PREFIX, Block, Ctx
 from edgeports.models.state import StateSlot
 
@@ -50,17 +52,31 @@ def channel_first_projections(ctx: Ctx) -> bool:
     return in_onnx_form() and not ctx.decode
 
 
+@dataclass(frozen=True)
+class BlockFold:
+    """What a residual SSM block hands its mixer in a decode step whose projections are edgeports::gemv
+    (ResidualMixerBlock): the block's RMS norm, which the mixer folds into in_proj's GEMV
+    (edgeports::rms_norm_gemv), and the residual, which it adds in out_proj's GEMV. The mixer then gets the
+    block's input x un-normalised and returns the block's output, residual included."""
+
+    norm: RMSNorm
+    residual: torch.Tensor  # [B,1,H]: the block's input, float32 with residual_in_fp32
+
+
 def split_linear(linear: nn.Linear, x: torch.Tensor, sizes: Sequence[int], channel_first: Sequence[bool], ctx: Ctx,
-                 scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+                 scale: torch.Tensor | None = None, fold: BlockFold | None = None) -> list[torch.Tensor]:
     """linear(x) [* scale] for x[B,L,in], split into `sizes` along the out features: part i as [B,n_i,L] where
-    channel_first[i], else [B,L,n_i]. scale: an optional [out] vector (Mamba2's in_scale).
+    channel_first[i], else [B,L,n_i]. scale: an optional [out] vector (Mamba2's in_scale); fold: linear(fold.norm(x))
+    instead, as one edgeports::rms_norm_gemv (a decode step with gemvs).
 
     Eager: one linear, split and transposed (views, as transformers). Under channel_first_projections(ctx): one
     MatMul per part on its rows of the weight (sliced at export), the channel-first ones as W_i @ x^T, so that
     the graph holds no Split or Transpose of the [L, out] product."""
     sizes = list(sizes)
-    if not channel_first_projections(ctx):
-        y = linear(x) if scale is None else linear(x) * scale
+    if not channel_first_projections(ctx):  # always so in a decode step, where a fold comes
+        y = linear(x) if fold is None else gemv.rms_norm_gemv(x, fold.norm.weight, fold.norm.eps, linear.weight,
+                                                              linear.bias)
+        y = y if scale is None else y * scale
         return [p.transpose(1, 2) if cf else p for p, cf in zip(y.split(sizes, dim=-1), channel_first, strict=True)]
     parts = []
     for w, b, s, cf in zip(*(_rows(t, sizes) for t in (linear.weight, linear.bias, scale)), channel_first,
@@ -154,13 +170,14 @@ class MambaMixer(nn.Module):
         return [conv_slot(self.conv1d, batch),
                 StateSlot("ssm", "ssm", (batch, self.d_inner, self.d_state), torch.float32)]
 
-    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x[B,L,H], [conv, ssm] -> y[B,L,H], [conv, ssm]."""
+    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx,
+                fold: BlockFold | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x[B,L,H], [conv, ssm] -> y[B,L,H], [conv, ssm] (with a BlockFold: the block's output)."""
         conv_state, ssm_state = states
-        xs, z = split_linear(self.in_proj, x, (self.d_inner, self.d_inner), (True, True), ctx)  # [B,D,L] each
+        xs, z = split_linear(self.in_proj, x, (self.d_inner, self.d_inner), (True, True), ctx, fold=fold)  # [B,D,L]
         xs, conv_state = run_conv(self.conv1d, xs, conv_state, ctx)
         y, ssm_state = selective_ssm(self, xs, z, ssm_state, ctx)
-        return self.out_proj(y.transpose(1, 2)), [conv_state, ssm_state]
+        return project_out(self.out_proj, y.transpose(1, 2), fold), [conv_state, ssm_state]
 
 
 def selective_ssm(m: nn.Module, xs: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor, ctx: Ctx,
@@ -203,9 +220,17 @@ def _x_proj_channel_first(m: nn.Module, xs: torch.Tensor, norms: tuple[nn.Module
     return m.dt_proj.weight @ ts, B, C
 
 
+def project_out(linear: nn.Linear, y: torch.Tensor, fold: BlockFold | None) -> torch.Tensor:
+    """A mixer's out_proj of y[B,L,in]; with a BlockFold, fold.residual + that as one edgeports::gemv."""
+    if fold is None:
+        return linear(y)
+    return gemv.gemv(y, linear.weight, linear.bias, residual=fold.residual)
+
+
 class ResidualMixerBlock(Block):
     """x + mixer(norm(x)), as MambaBlock / Mamba2Block: with residual_in_fp32 the residual stream is float32
-    from the first block on (the norm and mixer still run in the weights' dtype)."""
+    from the first block on (the norm and mixer still run in the weights' dtype). In a decode step with gemvs
+    the mixer folds the norm and the add into its projections (BlockFold)."""
 
     def __init__(self, norm: nn.Module, mixer: nn.Module, residual_in_fp32: bool = True):
         super().__init__()
@@ -219,6 +244,8 @@ class ResidualMixerBlock(Block):
 
     def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x[B,L,H] -> x[B,L,H] (float32 if residual_in_fp32), new states."""
-        h, states = self.mixer(self.norm(x.to(self.norm.weight.dtype)), states, ctx)
         residual = x.float() if self.residual_in_fp32 else x
+        if ctx.gemvs and type(self.norm) is RMSNorm:
+            return self.mixer(x, states, ctx, fold=BlockFold(self.norm, residual))
+        h, states = self.mixer(self.norm(x.to(self.norm.weight.dtype)), states, ctx)
         return residual + h, states

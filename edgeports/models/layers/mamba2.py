@@ -23,9 +23,11 @@ from torch import nn
 from edgeports import kernels
 from edgeports.kernels import gemv
 from edgeports.models.layers.mamba import (
+    BlockFold,
     conv_slot,
     depthwise_conv,
     inverse_softplus_dt,
+    project_out,
     run_conv,
     split_linear,
     ssm_constants,
@@ -69,14 +71,15 @@ class Mamba2Mixer(nn.Module):
         return [conv_slot(self.conv1d, batch),
                 StateSlot("ssm", "ssm", (batch, self.n_heads, self.head_dim, self.d_state), torch.float32)]
 
-    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x[B,L,hidden], [conv, ssm] -> y[B,L,hidden], [conv, ssm]."""
+    def forward(self, x: torch.Tensor, states: list[torch.Tensor], ctx: Ctx,
+                fold: BlockFold | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x[B,L,hidden], [conv, ssm] -> y[B,L,hidden], [conv, ssm] (with a BlockFold: the block's output)."""
         conv_state, ssm_state = states
         bt, L, _ = x.shape
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
         # z [B,L,D_inner], xBC [B,conv_dim,L] (the conv's layout), dt [B,L,H]
         z, xBC, dt = split_linear(self.in_proj, x, (self.d_inner, self.conv_dim, H), (False, True, False), ctx,
-                                  self.in_scale)
+                                  self.in_scale, fold)
         xBC, conv_state = run_conv(self.conv1d, xBC, conv_state, ctx)  # [B,conv_dim,L]
         xs, B, C = xBC.transpose(1, 2).split([self.d_inner, G * N, G * N], dim=-1)
         A, D, dt_bias = ssm_constants(self, self.dt_bias)  # [H] each
@@ -96,11 +99,12 @@ class Mamba2Mixer(nn.Module):
                 D, None if gate is None else gate.reshape(bt, L, H, P), dt_bias, True, self.dt_min, self.dt_max,
                 None if ctx.first else ssm_state)
         y = y.reshape(bt, L, self.d_inner)
+        dtype = self.out_proj.weight.dtype  # x's, but for a fold's float32 residual stream
         if ctx.gemvs and gate_in_scan and isinstance(self.norm, GatedRMSNorm) and self.norm.is_plain_rms():
             # decode with edgeports::gemv: the (ungated, one-group) norm folds into out_proj's GEMV
-            out = gemv.rms_norm_gemv(y.to(x.dtype), self.norm.weight, self.norm.eps, self.out_proj.weight,
-                                     self.out_proj.bias)
+            out = gemv.rms_norm_gemv(y.to(dtype), self.norm.weight, self.norm.eps, self.out_proj.weight,
+                                     self.out_proj.bias, residual=None if fold is None else fold.residual)
             return out, [conv_state, ssm_state]
         if self.norm is not None:
             y = self.norm(y, None if gate_in_scan else z)
-        return self.out_proj(y.to(x.dtype)), [conv_state, ssm_state]
+        return project_out(self.out_proj, y.to(dtype), fold), [conv_state, ssm_state]
