@@ -74,8 +74,7 @@ def split_linear(linear: nn.Linear, x: torch.Tensor, sizes: Sequence[int], chann
     the graph holds no Split or Transpose of the [L, out] product."""
     sizes = list(sizes)
     if not channel_first_projections(ctx):  # always so in a decode step, where a fold comes
-        y = linear(x) if fold is None else gemv.rms_norm_gemv(x, fold.norm.weight, fold.norm.eps, linear.weight,
-                                                              linear.bias)
+        y = linear(x) if fold is None else linear_gemv(linear, x, norm=fold.norm)
         y = y if scale is None else y * scale
         return [p.transpose(1, 2) if cf else p for p, cf in zip(y.split(sizes, dim=-1), channel_first, strict=True)]
     parts = []
@@ -220,11 +219,18 @@ def _x_proj_channel_first(m: nn.Module, xs: torch.Tensor, norms: tuple[nn.Module
     return m.dt_proj.weight @ ts, B, C
 
 
+def linear_gemv(linear: nn.Linear, x: torch.Tensor, norm: nn.Module | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(norm(x)) [+ residual] for x of one row as one kernel: edgeports::rms_norm_gemv with a norm (an
+    RMS norm without a gate: its weight and eps), else edgeports::gemv."""
+    if norm is None:
+        return gemv.gemv(x, linear.weight, linear.bias, residual=residual)
+    return gemv.rms_norm_gemv(x, norm.weight, norm.eps, linear.weight, linear.bias, residual=residual)
+
+
 def project_out(linear: nn.Linear, y: torch.Tensor, fold: BlockFold | None) -> torch.Tensor:
     """A mixer's out_proj of y[B,L,in]; with a BlockFold, fold.residual + that as one edgeports::gemv."""
-    if fold is None:
-        return linear(y)
-    return gemv.gemv(y, linear.weight, linear.bias, residual=fold.residual)
+    return linear(y) if fold is None else linear_gemv(linear, y, residual=fold.residual)
 
 
 class ResidualMixerBlock(Block):

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from edgeports import kernels
-from edgeports.kernels import gemv
 from edgeports.models.layers.mamba import (
     BlockFold,
     conv_slot,
     depthwise_conv,
     inverse_softplus_dt,
+    linear_gemv,
     project_out,
     run_conv,
     split_linear,
@@ -102,8 +102,7 @@ class Mamba2Mixer(nn.Module):
         dtype = self.out_proj.weight.dtype  # x's, but for a fold's float32 residual stream
         if ctx.gemvs and gate_in_scan and isinstance(self.norm, GatedRMSNorm) and self.norm.is_plain_rms():
             # decode with edgeports::gemv: the (ungated, one-group) norm folds into out_proj's GEMV
-            out = gemv.rms_norm_gemv(y.to(dtype), self.norm.weight, self.norm.eps, self.out_proj.weight,
-                                     self.out_proj.bias, residual=None if fold is None else fold.residual)
+            out = linear_gemv(self.out_proj, y.to(dtype), self.norm, None if fold is None else fold.residual)
             return out, [conv_state, ssm_state]
         if self.norm is not None:
             y = self.norm(y, None if gate_in_scan else z)
